@@ -1,0 +1,63 @@
+"""Agents for tests, benchmarks and the chaos harness: not part of the reference catalog.
+
+Each does one controllable thing, so a test can make an agent answer, sleep, fail, crash mid-request,
+crash at start, start slowly or grow its memory, without editing the agents under test.
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from sunsetd.agent import Agent, AgentError, BadRequest
+
+
+class Echo(Agent):
+    """Answers with what it is sent; ops to sleep, fail, crash, allocate, and call another agent."""
+
+    def setup(self) -> None:
+        self.ballast: list[bytearray] = []
+        delay = float(self.config.get("setup_s", 0))
+        if delay:
+            time.sleep(delay)
+
+    def handle_echo(self, body: Any) -> Any:
+        return body
+
+    def handle_pid(self, body: Any) -> int:
+        return os.getpid()
+
+    def handle_sleep(self, body: Any) -> float:
+        seconds = body.get("s") if isinstance(body, dict) else body
+        if not isinstance(seconds, (int, float)) or seconds < 0:
+            raise BadRequest("sleep needs a number of seconds")
+        time.sleep(seconds)
+        return seconds
+
+    def handle_fail(self, body: Any) -> None:
+        raise AgentError(f"failed on purpose: {body}")
+
+    def handle_crash(self, body: Any) -> None:
+        os._exit(int(body or 1))
+
+    def handle_alloc(self, body: Any) -> int:
+        """Hold `body` more MiB (touched, so they count in RSS)."""
+        self.ballast.append(bytearray(b"\x01" * (int(body) << 20)))
+        return sum(len(b) for b in self.ballast) >> 20
+
+    def handle_relay(self, body: Any) -> Any:
+        """Call body['to'].body['op'] with body['body'] through sunsetd."""
+        return self.call(body["to"], body["op"], body.get("body"), timeout=float(body.get("timeout", 5.0)))
+
+
+class CrashAtStart(Agent):
+    """Exits with code 1 during setup; with config `arm_file`, only while that file exists."""
+
+    def setup(self) -> None:
+        arm_file = self.config.get("arm_file")
+        if arm_file is None or Path(arm_file).exists():
+            raise RuntimeError("crashing at start on purpose")
+
+    def handle_echo(self, body: Any) -> Any:
+        return body

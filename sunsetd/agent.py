@@ -1,0 +1,429 @@
+"""Agent SDK and the runtime that runs inside every agent process (DESIGN §4).
+
+A user writes a subclass of `Agent` with one `handle_<op>(self, body)` method per operation, an
+optional slow `setup()`, and calls other agents with `self.call(...)`, which goes through sunsetd.
+
+The runtime owns the agent's sockets on one I/O thread: it says HELLO, heartbeats both ways, hands
+requests to a pool of handler threads (so a long request never stops heartbeats), sends replies, and
+stops cleanly on STOP or SIGTERM. It asks the kernel to kill it if the daemon dies (PR_SET_PDEATHSIG)
+and exits by itself if the daemon goes silent: an agent never outlives its supervisor.
+"""
+from __future__ import annotations
+
+import ctypes
+import importlib
+import itertools
+import json
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from sunsetd import protocol
+from sunsetd.protocol import ErrorCode, Kind
+
+SPEC_ENV = "SUNSETD_AGENT_SPEC"  # JSON handed by the spawner: name, run, incarnation, config, timings
+EXIT_SETUP_FAILED = 1
+EXIT_DAEMON_LOST = 3
+
+
+class AgentError(Exception):
+    """Raise from a handler to answer with an error; `code` is agent_error unless said otherwise."""
+
+    code = ErrorCode.AGENT_ERROR.value
+
+    def __init__(self, message: str, code: str | None = None):
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+
+
+class BadRequest(AgentError):
+    """The request's body is not what the op expects."""
+
+    code = ErrorCode.BAD_REQUEST.value
+
+
+class CallError(Exception):
+    """A call to another agent through sunsetd was answered with an error (or not at all)."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+class Agent:
+    """Base class of every agent. Define `handle_<op>(self, body)`; return any msgpack-able value."""
+
+    def __init__(self, name: str, config: dict | None = None, runtime: "AgentRuntime | None" = None):
+        self.name = name
+        self.config = dict(config or {})
+        self._runtime = runtime
+        self.started_at = time.time()
+
+    # ---- hooks a subclass may override
+    def setup(self) -> None:
+        """Load what the agent needs. May be slow: heartbeats go on, READY is sent when it returns."""
+
+    def teardown(self) -> None:
+        """Release resources at a clean stop."""
+
+    # ---- built-in ops every agent answers
+    def handle_ping(self, body: Any) -> str:
+        return "pong"
+
+    def handle_info(self, body: Any) -> dict:
+        doc = (type(self).__doc__ or "").strip().splitlines()
+        return {
+            "name": self.name,
+            "class": f"{type(self).__module__}:{type(self).__qualname__}",
+            "doc": doc[0] if doc else "",
+            "ops": self.ops(),
+            "pid": os.getpid(),
+            "incarnation": self._runtime.incarnation if self._runtime else 0,
+            "uptime_s": round(time.time() - self.started_at, 3),
+        }
+
+    # ---- services for subclasses
+    @classmethod
+    def ops(cls) -> list[str]:
+        return sorted(n[len("handle_"):] for n in dir(cls) if n.startswith("handle_") and callable(getattr(cls, n)))
+
+    def call(self, agent: str, op: str, body: Any = None, timeout: float = 5.0, retry: bool = False) -> Any:
+        """Call another agent through sunsetd; return its reply body or raise CallError."""
+        if self._runtime is None:
+            raise CallError(ErrorCode.UNAVAILABLE.value, "agent is not running under sunsetd")
+        return self._runtime.call(agent, op, body, timeout, retry)
+
+    def log(self, message: str) -> None:
+        """One line to the daemon's log, tagged with this agent's name."""
+        print(message, flush=True)
+
+    def dispatch(self, op: str, body: Any) -> Any:
+        handler = getattr(self, f"handle_{op}", None) if op.isidentifier() else None
+        if handler is None:
+            raise BadRequest(f"{self.name} has no op {op!r} (ops: {', '.join(self.ops())})")
+        return handler(body)
+
+
+def load_agent_class(run: str) -> type[Agent]:
+    module_name, _, class_name = run.partition(":")
+    cls = getattr(importlib.import_module(module_name), class_name)
+    if not (isinstance(cls, type) and issubclass(cls, Agent)):
+        raise TypeError(f"{run} is not a subclass of sunsetd.agent.Agent")
+    return cls
+
+
+def _die_with_parent(expected_parent: int) -> None:
+    """Ask the kernel to SIGKILL us when the daemon dies; then close the race with an already dead one."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass  # not Linux: the heartbeat check still ends us when the daemon goes silent
+    if expected_parent and os.getppid() != expected_parent:
+        os._exit(EXIT_DAEMON_LOST)
+
+
+class _Waiter:
+    __slots__ = ("event", "reply")
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.reply: dict | None = None
+
+
+class AgentRuntime:
+    """The agent process's I/O thread: sockets, heartbeats, dispatch to handler threads, clean stop."""
+
+    def __init__(self, spec: dict):
+        import zmq  # imported here so that `import sunsetd.agent` (profile checks) stays light
+
+        self.zmq = zmq
+        self.spec = spec
+        self.name: str = spec["name"]
+        self.incarnation: int = spec["incarnation"]
+        self.heartbeat_s = spec["heartbeat_ms"] / 1000.0
+        self.liveness = spec["liveness"]
+        self.runtime_dir = spec["runtime_dir"]
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.IDENTITY, f"{self.name}#{self.incarnation}".encode())
+        self.sock.setsockopt(zmq.LINGER, 1000)
+        self.sock.connect(f"ipc://{self.runtime_dir}/agents.sock")
+        self.calls = None  # DEALER to the front socket, made on the first call
+        self.inbox = self.ctx.socket(zmq.PULL)  # handler threads post replies and calls here
+        self.inbox_addr = f"inproc://outbox-{id(self)}"
+        self.inbox.bind(self.inbox_addr)
+        self.local = threading.local()
+        self.thread_sockets: list = []  # each handler thread's PUSH to the inbox, closed at exit
+        self.waiters: dict[int, _Waiter] = {}
+        self.call_ids = itertools.count(1)
+        self.pool = ThreadPoolExecutor(max_workers=spec.get("concurrency", 1), thread_name_prefix="handler")
+        self.busy = 0
+        self.busy_lock = threading.Lock()
+        self.stopping_since: float | None = None
+        self.grace_s = spec.get("stop_timeout_s", 5.0) * 0.8
+        self.ready = False
+        self.agent: Agent | None = None
+
+    # ---- used from handler threads
+    def _post(self, frames: list[bytes]) -> None:
+        out = getattr(self.local, "out", None)
+        if out is None:
+            out = self.local.out = self.ctx.socket(self.zmq.PUSH)
+            out.setsockopt(self.zmq.LINGER, 0)
+            out.connect(self.inbox_addr)
+            with self.busy_lock:
+                self.thread_sockets.append(out)
+        out.send_multipart(frames)
+
+    def call(self, to: str, op: str, body: Any, timeout: float, retry: bool) -> Any:
+        deadline = getattr(self.local, "deadline", None)
+        if deadline is not None:  # never wait longer than the request we are serving may
+            timeout = min(timeout, deadline - time.time())
+            if timeout <= 0:
+                raise CallError(ErrorCode.TIMEOUT.value, f"no time left to call {to}.{op}")
+        rid = next(self.call_ids)
+        waiter = self.waiters[rid] = _Waiter()
+        request = {"v": protocol.VERSION, "id": rid, "to": to, "op": op, "body": body,
+                   "timeout_ms": max(1, int(timeout * 1000)), "retry": retry}
+        try:
+            self._post([b"call", protocol.pack(request)])
+            # the daemon answers `timeout` itself at the deadline; the slack covers a dead daemon
+            if not waiter.event.wait(timeout + 2.0):
+                raise CallError(ErrorCode.TIMEOUT.value, f"no reply from sunsetd for {to}.{op}")
+        finally:
+            self.waiters.pop(rid, None)
+        reply = waiter.reply
+        if reply.get("ok"):
+            return reply.get("body")
+        error = reply.get("error") or {}
+        raise CallError(str(error.get("code")), str(error.get("message")))
+
+    def _run_handler(self, rid: int, op: str, body: Any, deadline: float) -> None:
+        self.local.deadline = deadline
+        try:
+            result = {"id": rid, "ok": True, "body": self.agent.dispatch(op, body)}
+        except AgentError as exc:
+            result = {"id": rid, "ok": False, "error": {"code": exc.code, "message": str(exc)}}
+        except CallError as exc:
+            result = {"id": rid, "ok": False, "error": {"code": ErrorCode.AGENT_ERROR.value,
+                                                         "message": f"{self.name}.{op}: call failed: {exc}"}}
+        except Exception as exc:  # a handler bug is an error reply, never a dead agent
+            traceback.print_exc()
+            result = {"id": rid, "ok": False, "error": {"code": ErrorCode.AGENT_ERROR.value,
+                                                         "message": f"{type(exc).__name__}: {exc}"}}
+        finally:
+            self.local.deadline = None
+        try:
+            frame = protocol.pack(result)
+        except Exception as exc:
+            frame = protocol.pack({"id": rid, "ok": False, "error": {
+                "code": ErrorCode.AGENT_ERROR.value, "message": f"reply cannot be encoded: {exc}"}})
+        if len(frame) > protocol.MAX_FRAME_BYTES:
+            frame = protocol.pack({"id": rid, "ok": False, "error": {
+                "code": ErrorCode.AGENT_ERROR.value,
+                "message": f"reply of {len(frame)} bytes is over the {protocol.MAX_FRAME_BYTES}-byte limit"}})
+        self._post([b"reply", frame])
+
+    def _run_setup(self) -> None:
+        try:
+            self.agent.setup()
+        except Exception:
+            traceback.print_exc()
+            self._post([b"setup_failed"])
+            return
+        self._post([b"ready"])
+
+    # ---- the I/O thread
+    def _send(self, kind: Kind, body: Any = None) -> None:
+        frames = [kind.value] if body is None else [kind.value, protocol.pack(body)]
+        try:
+            self.sock.send_multipart(frames, flags=self.zmq.NOBLOCK)
+        except self.zmq.Again:
+            pass  # the daemon is not reading; heartbeats will tell
+
+    def _on_daemon_message(self, frames: list[bytes]) -> None:
+        try:
+            kind, body = protocol.parse_agent_frames(frames)
+        except protocol.ProtocolError as exc:
+            print(f"ignoring bad frame from sunsetd: {exc}", file=sys.stderr, flush=True)
+            return
+        if kind is Kind.REQUEST:
+            if not isinstance(body, dict) or not isinstance(body.get("id"), int):
+                return
+            if self.stopping_since is not None:
+                self._send(Kind.REPLY, {"id": body["id"], "ok": False, "error": {
+                    "code": ErrorCode.UNAVAILABLE.value, "message": f"{self.name} is stopping"}})
+                return
+            deadline = body.get("deadline")
+            if isinstance(deadline, bool) or not isinstance(deadline, (int, float)):
+                deadline = time.time() + 3600.0
+            elif deadline < time.time():
+                return  # the daemon has already answered it `timeout`; do not spend work on it
+            with self.busy_lock:
+                self.busy += 1
+            future = self.pool.submit(self._run_handler, body["id"], str(body.get("op")), body.get("body"), deadline)
+            future.add_done_callback(self._handler_done)
+        elif kind is Kind.STOP:
+            grace_ms = body.get("grace_ms") if isinstance(body, dict) else None
+            self._begin_stop(grace_ms / 1000.0 if isinstance(grace_ms, (int, float)) else self.grace_s)
+
+    def _handler_done(self, _future: Any) -> None:
+        with self.busy_lock:
+            self.busy -= 1
+
+    def _on_call_reply(self, frames: list[bytes]) -> None:
+        try:
+            reply = protocol.unpack(frames[-1], "call reply")
+        except protocol.ProtocolError:
+            return
+        waiter = self.waiters.get(reply.get("id")) if isinstance(reply, dict) else None
+        if waiter is not None:
+            waiter.reply = reply
+            waiter.event.set()
+
+    def _on_inbox(self, frames: list[bytes]) -> int | None:
+        what = frames[0]
+        if what == b"reply":
+            try:
+                self.sock.send_multipart([Kind.REPLY.value, frames[1]], flags=self.zmq.NOBLOCK)
+            except self.zmq.Again:
+                print("reply dropped: the daemon is not reading", file=sys.stderr, flush=True)
+        elif what == b"call":
+            if self.calls is None:
+                self.calls = self.ctx.socket(self.zmq.DEALER)
+                self.calls.setsockopt(self.zmq.LINGER, 0)
+                self.calls.connect(f"ipc://{self.runtime_dir}/sunsetd.sock")
+                self.poller.register(self.calls, self.zmq.POLLIN)
+            self.calls.send_multipart([frames[1]])
+        elif what == b"ready":
+            self.ready = True
+            self._send(Kind.READY)
+        elif what == b"setup_failed":
+            return EXIT_SETUP_FAILED
+        return None
+
+    def _begin_stop(self, grace_s: float) -> None:
+        if self.stopping_since is None:
+            self.stopping_since = time.monotonic()
+            self.grace_s = grace_s
+
+    def _signal_received(self, wakeup_r: int) -> None:
+        try:
+            data = os.read(wakeup_r, 64)
+        except BlockingIOError:
+            return
+        if any(sig in (signal.SIGTERM, signal.SIGINT) for sig in data):
+            self._begin_stop(self.grace_s)
+
+    def run(self) -> int:
+        zmq = self.zmq
+        cls = load_agent_class(self.spec["run"])
+        self.agent = cls(self.name, self.spec.get("config"), self)
+        wakeup_r, wakeup_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(wakeup_w)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: None)  # the wake-up fd carries the signal into the loop
+        self.poller = zmq.Poller()
+        self.poller.register(self.sock, zmq.POLLIN)
+        self.poller.register(self.inbox, zmq.POLLIN)
+        self.poller.register(wakeup_r, zmq.POLLIN)
+        self._send(Kind.HELLO, {"name": self.name, "pid": os.getpid(), "incarnation": self.incarnation})
+        threading.Thread(target=self._run_setup, name="setup", daemon=True).start()
+        last_heard = time.monotonic()
+        next_beat = last_heard + self.heartbeat_s
+        exit_code = 0
+        while True:
+            now = time.monotonic()
+            if self.stopping_since is not None and (self.busy == 0 or now - self.stopping_since > self.grace_s):
+                break
+            timeout_ms = max(0, int((next_beat - now) * 1000)) + 1
+            if self.stopping_since is not None:
+                timeout_ms = min(timeout_ms, 20)
+            for sock, _ in self.poller.poll(timeout_ms):
+                if sock is self.sock:
+                    last_heard = time.monotonic()
+                    for _ in range(256):
+                        try:
+                            self._on_daemon_message(self.sock.recv_multipart(zmq.NOBLOCK))
+                        except zmq.Again:
+                            break
+                elif sock is self.inbox:
+                    for _ in range(256):
+                        try:
+                            code = self._on_inbox(self.inbox.recv_multipart(zmq.NOBLOCK))
+                        except zmq.Again:
+                            break
+                        if code is not None:
+                            return self._exit(code)
+                elif sock is self.calls:
+                    for _ in range(256):
+                        try:
+                            self._on_call_reply(self.calls.recv_multipart(zmq.NOBLOCK))
+                        except zmq.Again:
+                            break
+                else:
+                    self._signal_received(wakeup_r)
+            now = time.monotonic()
+            if now >= next_beat:
+                self._send(Kind.HEARTBEAT)
+                next_beat = now + self.heartbeat_s
+            if now - last_heard > self.liveness * self.heartbeat_s and self.stopping_since is None:
+                print(f"sunsetd silent for {now - last_heard:.2f}s: exiting", file=sys.stderr, flush=True)
+                return self._exit(EXIT_DAEMON_LOST, linger_ms=0)
+        # clean stop: in-flight handlers are done (or out of grace); replies still queued in the inbox go out
+        while True:
+            try:
+                self._on_inbox(self.inbox.recv_multipart(zmq.NOBLOCK))
+            except zmq.Again:
+                break
+        try:
+            self.agent.teardown()
+        except Exception:
+            traceback.print_exc()
+            exit_code = 1
+        return self._exit(exit_code)
+
+    def _exit(self, code: int, linger_ms: int = 500) -> int:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        with self.busy_lock:
+            for out in self.thread_sockets:
+                out.close(linger=0)
+        for sock in (self.inbox, self.calls):
+            if sock is not None:
+                sock.close(linger=0)
+        self.sock.close(linger=linger_ms)  # the last replies still reach the daemon
+        term = threading.Thread(target=self.ctx.term, daemon=True)
+        term.start()
+        term.join(linger_ms / 1000.0 + 0.1)
+        # os._exit: handler threads may still be stuck in user code; the pool must not block our exit
+        os._exit(code)
+
+
+def main() -> int:
+    spec = json.loads(os.environ[SPEC_ENV])
+    _die_with_parent(spec.get("daemon_pid", 0))
+    try:
+        runtime = AgentRuntime(spec)
+        return runtime.run()
+    except Exception:
+        traceback.print_exc()
+        sys.stderr.flush()
+        os._exit(EXIT_SETUP_FAILED)
+
+
+if __name__ == "__main__":
+    # Run as `python -m sunsetd.agent`: import the module under its package name so that Agent
+    # subclasses and this runtime share one `Agent` class (not a second copy living in __main__).
+    from sunsetd.agent import main as package_main
+
+    sys.exit(package_main())

@@ -1,0 +1,112 @@
+"""sunsetctl: the operator's command line for a running sunsetd."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from sunsetd.client import Client, DaemonUnreachable, RemoteError
+from sunsetd.protocol import CONTROL_TARGET
+
+EXIT_OK = 0
+EXIT_ERROR_REPLY = 1  # the daemon or the agent answered with an error
+EXIT_USAGE = 2  # bad command line (argparse's own code)
+EXIT_UNREACHABLE = 3  # no daemon answers on the runtime directory
+
+EPILOG = """exit status:
+  0  success
+  1  the request was answered with an error (its code and message are printed on stderr)
+  2  usage error
+  3  sunsetd is not running on the runtime directory, or did not answer in time
+"""
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+def _mib(n: int | None) -> str:
+    return "-" if n is None else f"{n / 1048576:.1f}M"
+
+
+def format_status(status: dict) -> str:
+    rows = [("NAME", "STATE", "PID", "UPTIME", "RESTARTS", "RSS", "HEARTBEAT")]
+    for a in status["agents"]:
+        age = a.get("heartbeat_age_ms")
+        rows.append((a["name"], a["state"] + (" (circuit half-open)" if a.get("circuit") == "half-open" else ""),
+                     str(a["pid"] or "-"), _duration(a.get("uptime_s")), str(a["restarts"]), _mib(a.get("rss_bytes")),
+                     "-" if age is None else f"{age}ms ago"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    c = status.get("counts", {})
+    head = (f"sunsetd pid {status['pid']}  profile {status['profile']}  state {status.get('state', '?')}  "
+            f"ready {c.get('ready', '?')}/{c.get('total', '?')}  essential {c.get('essential_ready', '?')}/"
+            f"{c.get('essential', '?')}  uptime {_duration(status.get('uptime_s'))}")
+    lines = [head] + ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sunsetctl", description="Control a running sunsetd.",
+                                     epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runtime-dir", help="the daemon's runtime directory (default: as sunsetd resolves it)")
+    parser.add_argument("--timeout", type=float, default=None, help="seconds to wait for the answer")
+    sub = parser.add_subparsers(dest="command", required=True)
+    status = sub.add_parser("status", help="agents and their states")
+    status.add_argument("--json", action="store_true", help="print the status as JSON")
+    call = sub.add_parser("call", help="send a request to an agent and print the reply body as JSON")
+    call.add_argument("agent")
+    call.add_argument("op")
+    call.add_argument("body", nargs="?", default=None, help="request body as JSON (default: null)")
+    call.add_argument("--timeout", type=float, default=None, dest="call_timeout")
+    call.add_argument("--retry", action="store_true", help="resend once to the next incarnation if the agent dies")
+    for name, text in (("start", "start an agent and wait until it is ready"),
+                       ("stop", "stop an agent and wait until it has stopped"),
+                       ("restart", "restart an agent and wait until the new incarnation is ready")):
+        sub.add_parser(name, help=text).add_argument("agent")
+    sub.add_parser("reload", help="re-read the profile and apply the difference")
+    sub.add_parser("shutdown", help="stop every agent in reverse dependency order and exit the daemon")
+    return parser
+
+
+def run(args: argparse.Namespace) -> Any:
+    with Client(args.runtime_dir) as client:
+        if args.command == "call":
+            try:
+                body = None if args.body is None else json.loads(args.body)
+            except json.JSONDecodeError as exc:
+                raise SystemExit(f"sunsetctl: body is not valid JSON: {exc}") from None
+            timeout = args.call_timeout or args.timeout or 10.0
+            return client.call(args.agent, args.op, body, timeout=timeout, retry=args.retry)
+        timeout = args.timeout or {"start": 60.0, "restart": 60.0, "stop": 60.0, "shutdown": 10.0}.get(args.command, 10.0)
+        body = {"agent": args.agent} if args.command in ("start", "stop", "restart") else None
+        return client.call(CONTROL_TARGET, args.command, body, timeout=timeout)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        result = run(args)
+    except RemoteError as exc:
+        print(f"sunsetctl: {exc.code}: {exc.message}", file=sys.stderr)
+        return EXIT_ERROR_REPLY
+    except DaemonUnreachable as exc:
+        print(f"sunsetctl: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    if args.command == "status" and not args.json:
+        print(format_status(result))
+    elif args.command == "status":
+        print(json.dumps(result, indent=2, default=str))
+    else:
+        print(json.dumps(result, default=str))
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,184 @@
+"""The sunsetd daemon: command line, runtime directory, the event loop and the daemon's lifecycle.
+
+One thread owns all state. The loop is a short list of steps: poll every socket and fd with a timeout
+set by the next deadline, hand each ready source to its owner (agents socket first, so replies and
+heartbeats are seen before the exits and deadlines they may race with), then run the due timers.
+Signals arrive through a wake-up fd and are handled in the loop by `handle_<signal>` methods.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import zmq
+
+from sunsetd import logs, rundir
+from sunsetd.profile import Profile, ProfileError, describe, load_profile
+from sunsetd.router import Router
+from sunsetd.spawner import ExecSpawner
+from sunsetd.supervisor import Supervisor
+from sunsetd.timers import Timers
+
+EXIT_OK = 0
+EXIT_RUNTIME = 1  # runtime directory unusable, another daemon running
+EXIT_PROFILE = 2  # the profile has errors
+
+
+class EventLoop:
+    """A zmq.Poller over sockets and plain fds, each with the callback that owns it."""
+
+    def __init__(self) -> None:
+        self.poller = zmq.Poller()
+        self.callbacks: dict[object, Callable[[], None]] = {}
+        self.first: list[object] = []  # sources served before the others in each round
+
+    def watch(self, source: object, callback: Callable[[], None], first: bool = False) -> None:
+        self.poller.register(source, zmq.POLLIN)
+        self.callbacks[source] = callback
+        if first:
+            self.first.append(source)
+
+    def unwatch(self, source: object) -> None:
+        if self.callbacks.pop(source, None) is not None:
+            self.poller.unregister(source)
+
+    def run_once(self, timeout_s: float) -> None:
+        ready = dict(self.poller.poll(max(0, int(timeout_s * 1000 + 0.999))))
+        for source in self.first:
+            if ready.pop(source, None):
+                self.callbacks[source]()
+        for source in ready:
+            callback = self.callbacks.get(source)
+            if callback is not None:  # an earlier callback in this round may have unwatched it
+                callback()
+
+
+class Daemon:
+    def __init__(self, profile: Profile, runtime_dir: Path):
+        self.profile = profile
+        self.runtime_dir = runtime_dir
+        self.lock = rundir.RuntimeLock(runtime_dir)
+        self.timers = Timers()
+        self.loop = EventLoop()
+        self.stopping_since: float | None = None
+        self.stop_budget_s = 0.0
+
+    # ---- signals, handled in the loop
+    def handle_sigterm(self) -> None:
+        self.begin_shutdown("SIGTERM")
+
+    def handle_sigint(self) -> None:
+        self.begin_shutdown("SIGINT")
+
+    def handle_sighup(self) -> None:
+        logs.event(logs.DAEMON, "signal", "SIGHUP: profile reload is not available in this version", "WARNING")
+
+    def _on_signal_fd(self) -> None:
+        try:
+            data = os.read(self._wakeup_r, 256)
+        except BlockingIOError:
+            return
+        for signum in data:
+            handler = getattr(self, f"handle_{signal.Signals(signum).name.lower()}", None)
+            if handler is not None:
+                handler()
+
+    def begin_shutdown(self, why: str) -> None:
+        if self.stopping_since is not None:
+            logs.event(logs.DAEMON, "shutdown", f"{why} again: killing every agent now", "WARNING")
+            for slot in self.supervisor.slots.values():
+                if slot.process is not None:
+                    slot.process.signal_group(signal.SIGKILL)
+            return
+        self.stopping_since = time.monotonic()
+        self.stop_budget_s = self.supervisor.shutdown_budget_s()
+        logs.event(logs.DAEMON, "shutdown", why, budget_s=f"{self.stop_budget_s:g}")
+        self.router.begin_shutdown()
+        self.supervisor.shutdown()
+
+    # ---- life
+    def run(self) -> int:
+        try:
+            self.lock.acquire()
+        except rundir.RuntimeDirError as exc:
+            print(f"sunsetd: {exc}", file=sys.stderr)
+            return EXIT_RUNTIME
+        ctx = zmq.Context()
+        try:
+            return self._serve(ctx)
+        finally:
+            ctx.destroy(linger=0)
+            self.lock.release()
+
+    def _serve(self, ctx: zmq.Context) -> int:
+        self.supervisor = Supervisor(self.profile, ExecSpawner(self.runtime_dir), self.timers, self.loop)
+        self.router = Router(ctx, self.runtime_dir, self.supervisor, self.timers)
+        self.router.on_shutdown = lambda: self.begin_shutdown("shutdown requested")
+        self.loop.watch(self.router.agents, self.router.on_agents_readable, first=True)
+        self.loop.watch(self.router.front, self.router.on_front_readable)
+        self._wakeup_r, wakeup_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        old_wakeup = signal.set_wakeup_fd(wakeup_w, warn_on_full_buffer=False)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, lambda *_: None)  # the wake-up fd carries it into the loop
+        self.loop.watch(self._wakeup_r, self._on_signal_fd)
+        c = self.profile.counts()
+        logs.event(logs.DAEMON, "start", f"profile {self.profile.name}", agents=c["total"], essential=c["essential"],
+                   lazy=c["lazy"], runtime_dir=str(self.runtime_dir), pid=os.getpid())
+        try:
+            self.supervisor.start()
+            while True:
+                if self.stopping_since is not None:
+                    if self.supervisor.all_stopped:
+                        break
+                    if time.monotonic() - self.stopping_since > self.stop_budget_s:
+                        logs.event(logs.DAEMON, "shutdown", "stop budget exceeded; leaving the rest to the kernel",
+                                   "ERROR")
+                        break
+                self.loop.run_once(self.timers.timeout(cap=1.0))
+                self.timers.run_due()
+            self.router.fail_all_pending()
+        finally:
+            signal.set_wakeup_fd(old_wakeup)
+            self.router.close()
+            os.close(self._wakeup_r)
+            os.close(wakeup_w)
+        logs.event(logs.DAEMON, "exit", "all agents stopped", replies=dict(self.router.replies))
+        return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sunsetd", description="Supervise a profile of agents and route requests to them over ZeroMQ.",
+        epilog="Exit status: 0 clean stop (or --check passed), 1 runtime directory unusable or already in use, "
+               "2 profile errors.")
+    parser.add_argument("--profile", default="core", help="profile name (from profiles/) or path (default: core)")
+    parser.add_argument("--check", action="store_true", help="validate the profile, print start order and counts, exit")
+    parser.add_argument("--runtime-dir", help="directory for sockets and the lock (default: see DESIGN §6)")
+    parser.add_argument("--log-level", default=os.environ.get("SUNSETD_LOG_LEVEL", "INFO"),
+                        choices=["TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR"])
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        profile = load_profile(args.profile)
+    except ProfileError as exc:
+        for line in exc.errors:
+            print(f"sunsetd: {line}", file=sys.stderr)
+        print(f"sunsetd: profile {args.profile!r} has {len(exc.errors)} error(s); not starting", file=sys.stderr)
+        return EXIT_PROFILE
+    if args.check:
+        print(describe(profile))
+        return EXIT_OK
+    logs.configure(args.log_level, profile.name)
+    return Daemon(profile, rundir.resolve(args.runtime_dir)).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

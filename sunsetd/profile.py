@@ -1,0 +1,535 @@
+"""Profiles (DESIGN §2): find, load, merge (`extends`, defaults, overrides) and validate a profile.
+
+Owns the meaning of every profile field and every profile error. A profile that loads is complete and
+consistent: each agent's settings are resolved, its `run` target is an importable Agent subclass, its
+dependencies exist, are acyclic and are ordered into start levels. Errors are collected, not raised one
+at a time, so `--check` can print all of them; each is one line naming the file, the agent and the field.
+"""
+from __future__ import annotations
+
+import enum
+import importlib
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+
+class RestartMode(str, enum.Enum):
+    ALWAYS = "always"
+    ON_FAILURE = "on-failure"
+    NEVER = "never"
+
+
+@dataclass(frozen=True)
+class Backoff:
+    initial_ms: int = 100
+    max_ms: int = 30_000
+    multiplier: float = 2.0
+    jitter: str = "full"  # full | none
+
+
+@dataclass(frozen=True)
+class Intensity:
+    max_restarts: int = 5
+    within_s: float = 60.0
+    cooldown_s: float = 60.0
+
+
+@dataclass(frozen=True)
+class AgentSpec:
+    name: str
+    run: str
+    lazy: bool = False
+    essential: bool = True
+    idle_timeout_s: float = 300.0
+    depends_on: tuple[str, ...] = ()
+    memory_mb: int = 64
+    max_rss_mb: int | None = None
+    config: dict = field(default_factory=dict, hash=False)
+    restart: RestartMode = RestartMode.ALWAYS
+    heartbeat_ms: int = 250
+    liveness: int = 3
+    start_timeout_s: float = 10.0
+    stop_timeout_s: float = 5.0
+    stable_s: float = 10.0
+    concurrency: int = 1
+    max_inflight: int = 64
+    max_queue: int = 256
+    backoff: Backoff = Backoff()
+    intensity: Intensity = Intensity()
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    path: Path
+    description: str
+    memory_mb: int | None
+    agents: tuple[AgentSpec, ...]
+    levels: tuple[tuple[str, ...], ...]  # start order: each level depends only on earlier ones
+
+    def agent(self, name: str) -> AgentSpec:
+        return self.by_name[name]
+
+    @property
+    def by_name(self) -> dict[str, AgentSpec]:
+        return {a.name: a for a in self.agents}
+
+    def counts(self) -> dict[str, int]:
+        return {
+            "total": len(self.agents),
+            "essential": sum(a.essential for a in self.agents),
+            "eager": sum(not a.lazy for a in self.agents),
+            "lazy": sum(a.lazy for a in self.agents),
+        }
+
+
+class ProfileError(Exception):
+    """The profile cannot be used; `errors` holds one line per fault."""
+
+    def __init__(self, errors: list[str]):
+        super().__init__("\n".join(errors))
+        self.errors = errors
+
+
+# ---- field schema -------------------------------------------------------------------------------------
+# Each checker returns the converted value or raises ValueError with what was expected.
+
+
+def _int(lo: int = 0) -> Callable[[Any], int]:
+    def check(v: Any) -> int:
+        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+            raise ValueError(f"expected an integer >= {lo}")
+        return v
+
+    return check
+
+
+def _num(lo: float = 0.0, strict: bool = False) -> Callable[[Any], float]:
+    def check(v: Any) -> float:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < lo or (strict and v == lo):
+            raise ValueError(f"expected a number {'>' if strict else '>='} {lo}")
+        return float(v)
+
+    return check
+
+
+def _bool(v: Any) -> bool:
+    if not isinstance(v, bool):
+        raise ValueError("expected true or false")
+    return v
+
+
+def _str(v: Any) -> str:
+    if not isinstance(v, str) or not v:
+        raise ValueError("expected a non-empty string")
+    return v
+
+
+def _optional(check: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    return lambda v: None if v is None else check(v)
+
+
+def _choice(enum_type: type[enum.Enum]) -> Callable[[Any], Any]:
+    def check(v: Any) -> Any:
+        try:
+            return enum_type(v)
+        except ValueError:
+            raise ValueError(f"expected one of {', '.join(e.value for e in enum_type)}") from None
+
+    return check
+
+
+def _jitter(v: Any) -> str:
+    if v not in ("full", "none"):
+        raise ValueError("expected full or none")
+    return v
+
+
+def _dependencies(v: Any) -> tuple[str, ...]:
+    if not isinstance(v, list) or not all(isinstance(d, str) and d for d in v):
+        raise ValueError("expected a list of agent names")
+    return tuple(v)
+
+
+def _mapping(v: Any) -> dict:
+    if not isinstance(v, dict):
+        raise ValueError("expected a mapping")
+    return v
+
+
+_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.\-]{0,99}$")
+_RUN_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+def _name(v: Any) -> str:
+    if not isinstance(v, str) or not _NAME_RE.match(v) or v == "sunsetd":
+        raise ValueError("expected a name of letters, digits, '_', '.', '-' starting with a letter (not 'sunsetd')")
+    return v
+
+
+def _run(v: Any) -> str:
+    if not isinstance(v, str) or not _RUN_RE.match(v):
+        raise ValueError("expected 'module:Class'")
+    return v
+
+
+_BACKOFF_FIELDS: dict[str, Callable[[Any], Any]] = {
+    "initial_ms": _int(0),
+    "max_ms": _int(0),
+    "multiplier": _num(1.0),
+    "jitter": _jitter,
+}
+_INTENSITY_FIELDS: dict[str, Callable[[Any], Any]] = {
+    "max_restarts": _int(0),
+    "within_s": _num(0.0, strict=True),
+    "cooldown_s": _num(0.0),
+}
+_NESTED = {"backoff": (_BACKOFF_FIELDS, Backoff), "intensity": (_INTENSITY_FIELDS, Intensity)}
+
+# Settings that `defaults` may set for every agent, and each agent may override.
+_SETTINGS: dict[str, Callable[[Any], Any]] = {
+    "lazy": _bool,
+    "essential": _bool,
+    "idle_timeout_s": _num(0.0, strict=True),
+    "memory_mb": _int(0),
+    "max_rss_mb": _optional(_int(1)),
+    "restart": _choice(RestartMode),
+    "heartbeat_ms": _int(10),
+    "liveness": _int(1),
+    "start_timeout_s": _num(0.0, strict=True),
+    "stop_timeout_s": _num(0.0, strict=True),
+    "stable_s": _num(0.0),
+    "concurrency": _int(1),
+    "max_inflight": _int(1),
+    "max_queue": _int(0),
+}
+_AGENT_ONLY: dict[str, Callable[[Any], Any]] = {
+    "name": _name,
+    "run": _run,
+    "depends_on": _dependencies,
+    "config": _mapping,
+}
+_TOP_LEVEL = {"name", "extends", "description", "limits", "defaults", "agents"}
+_LIMITS: dict[str, Callable[[Any], Any]] = {"memory_mb": _optional(_int(1))}
+
+
+# ---- finding profiles ---------------------------------------------------------------------------------
+
+_SOURCE_PROFILES = Path(__file__).resolve().parent.parent / "profiles"
+
+
+def search_path() -> list[Path]:
+    """Directories searched for a profile given by name, in order."""
+    dirs = [Path(p) for p in os.environ.get("SUNSETD_PROFILE_PATH", "").split(os.pathsep) if p]
+    dirs += [Path.cwd() / "profiles", Path("/etc/sunsetd/profiles"), _SOURCE_PROFILES]
+    return dirs
+
+
+def find_profile(name_or_path: str, near: Path | None = None) -> Path:
+    """A profile by path, or by name in `near` (the extending file's directory) and the search path."""
+    candidate = Path(name_or_path)
+    if candidate.suffix in (".yaml", ".yml") or os.sep in name_or_path:
+        if candidate.is_file():
+            return candidate
+        raise ProfileError([f"{name_or_path}: no such profile file"])
+    dirs = ([near] if near else []) + search_path()
+    for d in dirs:
+        for suffix in (".yaml", ".yml"):
+            p = d / f"{name_or_path}{suffix}"
+            if p.is_file():
+                return p
+    raise ProfileError(
+        [f"profile {name_or_path!r} not found in {', '.join(str(d) for d in dict.fromkeys(dirs))}"]
+    )
+
+
+# ---- loading ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _RawAgent:
+    fields: dict[str, Any]
+    origin: dict[str, Path]  # field -> file that set it, for error messages
+
+
+@dataclass
+class _Merged:
+    name: str = ""
+    description: str = ""
+    limits: dict = field(default_factory=dict)
+    defaults: dict = field(default_factory=dict)
+    defaults_origin: dict = field(default_factory=dict)
+    agents: dict[str, _RawAgent] = field(default_factory=dict)
+
+
+def _read_yaml(path: Path, errors: list[str]) -> dict | None:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        errors.append(f"{path}: cannot read: {exc.strerror}")
+        return None
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        errors.append(f"{path}: invalid YAML{where}: {problem}")
+        return None
+    if not isinstance(doc, dict):
+        errors.append(f"{path}: expected a mapping at the top level, got {type(doc).__name__}")
+        return None
+    return doc
+
+
+def _merge_file(path: Path, errors: list[str], chain: tuple[Path, ...] = ()) -> _Merged:
+    real = path.resolve()
+    if real in chain:
+        errors.append(f"{path}: field 'extends': cycle {' -> '.join(p.name for p in chain + (real,))}")
+        return _Merged()
+    doc = _read_yaml(path, errors)
+    if doc is None:
+        return _Merged()
+    for key in doc:
+        if key not in _TOP_LEVEL:
+            errors.append(f"{path}: unknown field {key!r} (expected one of {', '.join(sorted(_TOP_LEVEL))})")
+
+    merged = _Merged()
+    parent = doc.get("extends")
+    if parent is not None:
+        if not isinstance(parent, str):
+            errors.append(f"{path}: field 'extends': expected a profile name")
+        else:
+            try:
+                merged = _merge_file(find_profile(parent, near=path.parent), errors, chain + (real,))
+            except ProfileError as exc:
+                errors.extend(f"{path}: field 'extends': {e}" for e in exc.errors)
+
+    merged.name = doc.get("name", path.stem)
+    if not isinstance(merged.name, str):
+        errors.append(f"{path}: field 'name': expected a string")
+    description = doc.get("description", merged.description)
+    merged.description = description if isinstance(description, str) else ""
+
+    limits = doc.get("limits", {}) or {}
+    if not isinstance(limits, dict):
+        errors.append(f"{path}: field 'limits': expected a mapping")
+        limits = {}
+    for key, value in limits.items():
+        if key not in _LIMITS:
+            errors.append(f"{path}: field 'limits.{key}': unknown field")
+            continue
+        try:
+            merged.limits[key] = _LIMITS[key](value)
+        except ValueError as exc:
+            errors.append(f"{path}: field 'limits.{key}': {exc}, got {value!r}")
+
+    defaults = doc.get("defaults", {}) or {}
+    if not isinstance(defaults, dict):
+        errors.append(f"{path}: field 'defaults': expected a mapping")
+        defaults = {}
+    for key, value in defaults.items():
+        if key in _NESTED and isinstance(value, dict) and isinstance(merged.defaults.get(key), dict):
+            value = {**merged.defaults[key], **value}
+        merged.defaults[key] = value
+        merged.defaults_origin[key] = path
+
+    agents = doc.get("agents", []) or []
+    if not isinstance(agents, list):
+        errors.append(f"{path}: field 'agents': expected a list")
+        agents = []
+    seen_here: set[str] = set()
+    for i, entry in enumerate(agents):
+        if not isinstance(entry, dict):
+            errors.append(f"{path}: agents[{i}]: expected a mapping, got {type(entry).__name__}")
+            continue
+        name = entry.get("name")
+        if not isinstance(name, str):
+            errors.append(f"{path}: agents[{i}]: field 'name': expected a string")
+            continue
+        if name in seen_here:
+            errors.append(f"{path}: agent {name!r}: field 'name': duplicate name")
+            continue
+        seen_here.add(name)
+        raw = merged.agents.get(name)
+        if raw is None:
+            raw = merged.agents[name] = _RawAgent({}, {})
+        for key, value in entry.items():
+            if key in _NESTED and isinstance(value, dict) and isinstance(raw.fields.get(key), dict):
+                value = {**raw.fields[key], **value}
+            raw.fields[key] = value
+            raw.origin[key] = path
+        raw.origin.setdefault("name", path)
+    return merged
+
+
+def _convert(where: str, key: str, value: Any, schema: dict, errors: list[str]) -> Any:
+    """Checked value of one field; nested settings become dicts of checked values. None on error."""
+    if key in _NESTED:
+        sub_schema = _NESTED[key][0]
+        if not isinstance(value, dict):
+            errors.append(f"{where}: field {key!r}: expected a mapping, got {value!r}")
+            return None
+        out = {}
+        for sub, v in value.items():
+            if sub not in sub_schema:
+                errors.append(f"{where}: field '{key}.{sub}': unknown field (expected one of {', '.join(sub_schema)})")
+                continue
+            try:
+                out[sub] = sub_schema[sub](v)
+            except ValueError as exc:
+                errors.append(f"{where}: field '{key}.{sub}': {exc}, got {v!r}")
+        return out
+    if key not in schema:
+        errors.append(f"{where}: unknown field {key!r}")
+        return None
+    try:
+        return schema[key](value)
+    except ValueError as exc:
+        errors.append(f"{where}: field {key!r}: {exc}, got {value!r}")
+        return None
+
+
+def _checked_defaults(merged: _Merged, errors: list[str]) -> dict[str, Any]:
+    out = {}
+    for key, value in merged.defaults.items():
+        checked = _convert(f"{merged.defaults_origin[key]}: defaults", key, value, _SETTINGS, errors)
+        if checked is not None:
+            out[key] = checked
+    return out
+
+
+def _resolve_agent(name: str, raw: _RawAgent, defaults: dict[str, Any], errors: list[str]) -> AgentSpec | None:
+    n_errors = len(errors)
+    own: dict[str, Any] = {}
+    for key, value in raw.fields.items():
+        checked = _convert(f"{raw.origin[key]}: agent {name!r}", key, value, {**_SETTINGS, **_AGENT_ONLY}, errors)
+        if checked is not None:
+            own[key] = checked
+    if "run" not in raw.fields:
+        errors.append(f"{raw.origin['name']}: agent {name!r}: field 'run': missing")
+    values = {**defaults, **own}
+    for key, (_, cls) in _NESTED.items():
+        values[key] = cls(**{**defaults.get(key, {}), **own.get(key, {})})
+    if "essential" not in own and values.get("lazy"):
+        values["essential"] = False  # a lazy agent is optional unless a profile says otherwise (and errs)
+    if values.get("lazy") and values.get("essential"):
+        where = raw.origin.get("essential", raw.origin["name"])
+        errors.append(f"{where}: agent {name!r}: field 'essential': a lazy agent cannot be essential")
+    if len(errors) > n_errors:
+        return None
+    return AgentSpec(**values)
+
+
+def _check_run_target(spec: AgentSpec, origin: Path, errors: list[str]) -> None:
+    from sunsetd.agent import Agent  # the SDK's base class is the contract a `run` target must meet
+
+    module_name, _, class_name = spec.run.partition(":")
+    where = f"{origin}: agent {spec.name!r}: field 'run'"
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # any import-time failure of user code is a profile error
+        errors.append(f"{where}: cannot import {module_name!r}: {type(exc).__name__}: {exc}")
+        return
+    cls = getattr(module, class_name, None)
+    if cls is None:
+        errors.append(f"{where}: module {module_name!r} has no {class_name!r}")
+    elif not (isinstance(cls, type) and issubclass(cls, Agent)):
+        errors.append(f"{where}: {spec.run!r} is not a subclass of sunsetd.agent.Agent")
+
+
+def _levels(specs: dict[str, AgentSpec], origin: dict[str, Path], errors: list[str]) -> tuple[tuple[str, ...], ...]:
+    level: dict[str, int] = {}
+    visiting: list[str] = []
+    reported: set[frozenset] = set()
+
+    def visit(name: str) -> int:
+        if name in level:
+            return level[name]
+        if name in visiting:
+            cycle = visiting[visiting.index(name):] + [name]
+            key = frozenset(cycle)
+            if key not in reported:
+                reported.add(key)
+                errors.append(f"{origin[name]}: agent {name!r}: field 'depends_on': dependency cycle "
+                              f"{' -> '.join(cycle)}")
+            return 0
+        visiting.append(name)
+        depth = 0
+        for dep in specs[name].depends_on:
+            if dep in specs:
+                depth = max(depth, visit(dep) + 1)
+        visiting.pop()
+        level[name] = depth
+        return depth
+
+    for name in specs:
+        visit(name)
+    by_level: dict[int, list[str]] = {}
+    for name in specs:  # keep profile order inside a level
+        by_level.setdefault(level[name], []).append(name)
+    return tuple(tuple(by_level[i]) for i in sorted(by_level))
+
+
+def load_profile(name_or_path: str, check_imports: bool = True) -> Profile:
+    """Load and validate a profile; raise ProfileError with every fault found."""
+    path = find_profile(name_or_path)
+    errors: list[str] = []
+    merged = _merge_file(path, errors)
+    defaults = _checked_defaults(merged, errors)
+    specs: dict[str, AgentSpec] = {}
+    origins: dict[str, Path] = {}
+    for name, raw in merged.agents.items():
+        origins[name] = raw.origin.get("depends_on", raw.origin["name"])
+        try:
+            _name(name)
+        except ValueError as exc:
+            errors.append(f"{raw.origin['name']}: agent {name!r}: field 'name': {exc}")
+            continue
+        spec = _resolve_agent(name, raw, defaults, errors)
+        if spec is not None:
+            specs[name] = spec
+            if check_imports:
+                _check_run_target(spec, raw.origin.get("run", raw.origin["name"]), errors)
+    for spec in specs.values():
+        for dep in spec.depends_on:
+            if dep not in merged.agents:
+                errors.append(f"{origins[spec.name]}: agent {spec.name!r}: field 'depends_on': "
+                              f"unknown agent {dep!r}")
+            elif dep in specs and specs[dep].lazy and not spec.lazy:
+                errors.append(f"{origins[spec.name]}: agent {spec.name!r}: field 'depends_on': eager agent "
+                              f"cannot depend on lazy agent {dep!r}")
+    levels = _levels(specs, origins, errors)
+    if not merged.agents and not errors:
+        errors.append(f"{path}: field 'agents': the profile has no agents")
+    if errors:
+        raise ProfileError(errors)
+    return Profile(
+        name=merged.name,
+        path=path,
+        description=merged.description,
+        memory_mb=merged.limits.get("memory_mb"),
+        agents=tuple(specs.values()),
+        levels=levels,
+    )
+
+
+def describe(profile: Profile) -> str:
+    """The `--check` report: start order by dependency level, then the counts."""
+    lines = [f"profile {profile.name} ({profile.path})"]
+    if profile.description:
+        lines.append(f"  {profile.description}")
+    specs = profile.by_name
+    for i, level in enumerate(profile.levels):
+        names = ", ".join(n + (" (lazy)" if specs[n].lazy else "") for n in level)
+        lines.append(f"level {i}: {names}")
+    c = profile.counts()
+    lines.append(f"agents: {c['total']} total, {c['essential']} essential, {c['eager']} eager, {c['lazy']} lazy")
+    if profile.memory_mb:
+        lines.append(f"memory budget: {profile.memory_mb} MB")
+    return "\n".join(lines)
