@@ -496,13 +496,15 @@ def load_profile(name_or_path: str, check_imports: bool = True) -> Profile:
             specs[name] = spec
             if check_imports:
                 _check_run_target(spec, raw.origin.get("run", raw.origin["name"]), errors)
-    for spec in specs.values():
-        for dep in spec.depends_on:
+    for name, raw in merged.agents.items():  # also for agents with other errors: report everything at once
+        deps = raw.fields.get("depends_on", [])
+        for dep in deps if isinstance(deps, list) else []:
+            if not isinstance(dep, str):
+                continue  # reported by the field check
             if dep not in merged.agents:
-                errors.append(f"{origins[spec.name]}: agent {spec.name!r}: field 'depends_on': "
-                              f"unknown agent {dep!r}")
-            elif dep in specs and specs[dep].lazy and not spec.lazy:
-                errors.append(f"{origins[spec.name]}: agent {spec.name!r}: field 'depends_on': eager agent "
+                errors.append(f"{origins[name]}: agent {name!r}: field 'depends_on': unknown agent {dep!r}")
+            elif name in specs and dep in specs and specs[dep].lazy and not specs[name].lazy:
+                errors.append(f"{origins[name]}: agent {name!r}: field 'depends_on': eager agent "
                               f"cannot depend on lazy agent {dep!r}")
     levels = _levels(specs, origins, errors)
     if not merged.agents and not errors:

@@ -1,0 +1,190 @@
+"""Shared fixtures: short private runtime directories, a real daemon in a subprocess, and the check that
+every test leaves no process of its own behind."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import psutil
+import pytest
+
+from sunsetd.client import Client, RemoteError
+
+REPO = Path(__file__).resolve().parent.parent
+TEST_PROFILES = REPO / "tests" / "profiles"
+
+
+def processes_using(runtime_dir: Path) -> list[psutil.Process]:
+    """Every live process whose command line names this runtime directory (the daemon and its agents)."""
+    marker = str(runtime_dir)
+    found = []
+    for proc in psutil.process_iter(["cmdline", "status"]):
+        try:
+            if proc.info["status"] == psutil.STATUS_ZOMBIE:
+                continue
+            if any(marker in arg for arg in proc.info["cmdline"] or ()):
+                found.append(proc)
+        except psutil.Error:
+            continue
+    return found
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0.05, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+class RuntimeDirs:
+    """Hands out short runtime directories (ipc paths must fit in 107 bytes) and remembers them."""
+
+    def __init__(self) -> None:
+        self.dirs: list[Path] = []
+
+    def new(self) -> Path:
+        d = Path(tempfile.mkdtemp(prefix="sd-", dir="/tmp"))
+        self.dirs.append(d)
+        return d
+
+
+class DaemonProcess:
+    """A real `sunsetd` in a subprocess, with its log in the runtime directory."""
+
+    def __init__(self, runtime_dir: Path, profile: str | Path, args: tuple[str, ...] = (),
+                 env: dict | None = None):
+        self.runtime_dir = runtime_dir
+        self.profile = str(profile)
+        self.log_path = runtime_dir / "daemon.log"
+        self.args = args
+        self.env = {**os.environ, **(env or {})}
+        self.proc: subprocess.Popen | None = None
+        self._client: Client | None = None
+
+    def start(self) -> "DaemonProcess":
+        self.log_file = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "sunsetd.daemon", "--profile", self.profile, "--runtime-dir",
+             str(self.runtime_dir), *self.args],
+            stdout=self.log_file, stderr=subprocess.STDOUT, env=self.env, cwd=REPO)
+        return self
+
+    @property
+    def client(self) -> Client:
+        if self._client is None:
+            self._client = Client(self.runtime_dir)
+        return self._client
+
+    def call(self, to: str, op: str, body: Any = None, timeout: float = 10.0, retry: bool = False) -> Any:
+        return self.client.call(to, op, body, timeout=timeout, retry=retry)
+
+    def status(self) -> dict:
+        return self.call("sunsetd", "status")
+
+    def agent(self, name: str) -> dict:
+        return next(a for a in self.status()["agents"] if a["name"] == name)
+
+    def wait_ready(self, timeout: float = 30.0) -> dict:
+        def ready() -> dict | None:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"sunsetd exited with {self.proc.returncode}:\n{self.log()}")
+            if not (self.runtime_dir / "sunsetd.sock").exists():
+                return None
+            try:
+                status = self.status()
+            except (RemoteError, Exception):
+                return None
+            return status if status["state"] in ("running", "degraded") else None
+
+        return wait_until(ready, timeout, what="all essential agents ready")
+
+    def wait_agent(self, name: str, predicate: Callable[[dict], bool], timeout: float = 15.0,
+                   what: str = "agent state") -> dict:
+        def check() -> dict | None:
+            a = self.agent(name)
+            return a if predicate(a) else None
+
+        return wait_until(check, timeout, what=f"{name}: {what}")
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def terminate(self, timeout: float = 30.0) -> int:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError(f"sunsetd did not stop within {timeout}s after SIGTERM:\n{self.log()[-4000:]}")
+        finally:
+            self.log_file.close()
+
+
+@pytest.fixture
+def runtime_dirs() -> RuntimeDirs:
+    return RuntimeDirs()
+
+
+@pytest.fixture
+def runtime_dir(runtime_dirs: RuntimeDirs) -> Path:
+    return runtime_dirs.new()
+
+
+@pytest.fixture(autouse=True)
+def no_process_left_behind(runtime_dirs: RuntimeDirs):
+    """Every test that spawns processes must leave none behind: asserted here, after the test."""
+    yield
+    leftovers: list[psutil.Process] = []
+    for d in runtime_dirs.dirs:
+        try:
+            wait_until(lambda: not processes_using(d), timeout=5.0, what=f"processes of {d} to exit")
+        except AssertionError:
+            leftovers += processes_using(d)
+    for proc in leftovers:
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
+    for d in runtime_dirs.dirs:
+        shutil.rmtree(d, ignore_errors=True)
+    assert not leftovers, f"processes left behind: {[(p.pid, p.info.get('cmdline')) for p in leftovers]}"
+
+
+@pytest.fixture
+def start_daemon(runtime_dirs: RuntimeDirs):
+    """Factory: start_daemon(profile, *args) -> a DaemonProcess whose agents are all ready.
+    Every daemon is stopped at teardown (SIGTERM, and it must exit 0)."""
+    started: list[DaemonProcess] = []
+
+    def start(profile: str | Path, *args: str, wait: bool = True, env: dict | None = None,
+              runtime_dir: Path | None = None) -> DaemonProcess:
+        d = DaemonProcess(runtime_dir or runtime_dirs.new(), profile, args, env).start()
+        started.append(d)
+        if wait:
+            d.wait_ready()
+        return d
+
+    yield start
+    for d in started:
+        d.terminate()

@@ -1,0 +1,213 @@
+"""Profile loading: extends, defaults, overrides, and one precise error line per fault."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from sunsetd.profile import ProfileError, RestartMode, load_profile
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def write(tmp_path: Path, name: str, text: str) -> Path:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def errors_of(path: Path) -> list[str]:
+    with pytest.raises(ProfileError) as info:
+        load_profile(str(path))
+    return info.value.errors
+
+
+BASE = """
+    name: base
+    limits: {memory_mb: 1000}
+    defaults:
+      heartbeat_ms: 200
+      backoff: {initial_ms: 50, max_ms: 1000}
+    agents:
+      - name: A
+        run: agents.testing:Echo
+      - name: B
+        run: agents.testing:Echo
+        depends_on: [A]
+        config: {setup_s: 0}
+"""
+
+
+def test_defaults_apply_and_agents_override(tmp_path):
+    path = write(tmp_path, "base", BASE + """
+      - name: C
+        run: agents.testing:Echo
+        heartbeat_ms: 500
+        backoff: {max_ms: 9000}
+        restart: on-failure
+        depends_on: [A, B]
+    """)
+    p = load_profile(str(path))
+    a, b, c = (p.agent(n) for n in "ABC")
+    assert a.heartbeat_ms == 200 and c.heartbeat_ms == 500
+    assert a.backoff.initial_ms == 50 and a.backoff.max_ms == 1000
+    assert c.backoff.initial_ms == 50 and c.backoff.max_ms == 9000  # nested settings merge field by field
+    assert c.restart is RestartMode.ON_FAILURE and a.restart is RestartMode.ALWAYS
+    assert a.liveness == 3  # built-in default
+    assert p.levels == (("A",), ("B",), ("C",))
+    assert p.memory_mb == 1000
+    assert p.counts() == {"total": 3, "essential": 3, "eager": 3, "lazy": 0}
+
+
+def test_extends_inherits_overrides_and_adds(tmp_path):
+    write(tmp_path, "base", BASE)
+    child = write(tmp_path, "child", """
+        extends: base
+        defaults: {heartbeat_ms: 300}
+        limits: {memory_mb: 2000}
+        agents:
+          - name: B
+            stop_timeout_s: 9
+          - name: L
+            run: agents.testing:Echo
+            lazy: true
+            depends_on: [B]
+    """)
+    p = load_profile(str(child))
+    assert p.name == "child" and p.memory_mb == 2000
+    assert [a.name for a in p.agents] == ["A", "B", "L"]
+    assert p.agent("A").heartbeat_ms == 300  # the child's defaults reach inherited agents
+    assert p.agent("B").stop_timeout_s == 9.0 and p.agent("B").depends_on == ("A",)
+    assert p.agent("A").backoff.initial_ms == 50  # parent default kept where the child is silent
+    lazy = p.agent("L")
+    assert lazy.lazy and not lazy.essential
+    assert p.counts() == {"total": 3, "essential": 2, "eager": 2, "lazy": 1}
+
+
+@pytest.mark.parametrize("snippet, expected", [
+    ("  - name: X\n    run: agents.testing:Echo\n    colour: blue\n",
+     "agent 'X': unknown field 'colour'"),
+    ("  - name: X\n    run: agents.testing:Echo\n    heartbeat_ms: fast\n",
+     "agent 'X': field 'heartbeat_ms': expected an integer >= 10, got 'fast'"),
+    ("  - name: X\n    run: agents.testing:Echo\n    lazy: 1\n",
+     "agent 'X': field 'lazy': expected true or false, got 1"),
+    ("  - name: X\n    run: agents.testing:Echo\n    backoff: {initial: 5}\n",
+     "agent 'X': field 'backoff.initial': unknown field"),
+    ("  - name: X\n    run: agents.testing:Echo\n    restart: sometimes\n",
+     "agent 'X': field 'restart': expected one of always, on-failure, never, got 'sometimes'"),
+    ("  - name: A\n    run: agents.testing:Echo\n",
+     "agent 'A': field 'name': duplicate name"),
+    ("  - name: X\n    run: agents.nonexistent:Thing\n",
+     "agent 'X': field 'run': cannot import 'agents.nonexistent': ModuleNotFoundError"),
+    ("  - name: X\n    run: agents.testing:Nope\n",
+     "agent 'X': field 'run': module 'agents.testing' has no 'Nope'"),
+    ("  - name: X\n    run: sunsetd.protocol:Request\n",
+     "agent 'X': field 'run': 'sunsetd.protocol:Request' is not a subclass of sunsetd.agent.Agent"),
+    ("  - name: X\n    run: not a target\n",
+     "agent 'X': field 'run': expected 'module:Class', got 'not a target'"),
+    ("  - name: X\n    depends_on: [A]\n",
+     "agent 'X': field 'run': missing"),
+    ("  - name: X\n    run: agents.testing:Echo\n    depends_on: [Ghost]\n",
+     "agent 'X': field 'depends_on': unknown agent 'Ghost'"),
+    ("  - name: X\n    run: agents.testing:Echo\n    lazy: true\n    essential: true\n",
+     "agent 'X': field 'essential': a lazy agent cannot be essential"),
+    ("  - name: X\n    run: agents.testing:Echo\n    lazy: true\n"
+     "  - name: Y\n    run: agents.testing:Echo\n    depends_on: [X]\n",
+     "agent 'Y': field 'depends_on': eager agent cannot depend on lazy agent 'X'"),
+])
+def test_each_fault_is_one_line_naming_file_agent_and_field(tmp_path, snippet, expected):
+    path = write(tmp_path, "bad", BASE)
+    path.write_text(path.read_text() + snippet)
+    errors = errors_of(path)
+    assert len(errors) == 1, errors
+    assert errors[0].startswith(f"{path}: ")
+    assert expected in errors[0]
+    assert "\n" not in errors[0]
+
+
+def test_dependency_cycle_names_the_cycle(tmp_path):
+    path = write(tmp_path, "cycle", """
+        agents:
+          - {name: A, run: "agents.testing:Echo", depends_on: [C]}
+          - {name: B, run: "agents.testing:Echo", depends_on: [A]}
+          - {name: C, run: "agents.testing:Echo", depends_on: [B]}
+          - {name: D, run: "agents.testing:Echo"}
+    """)
+    (error,) = errors_of(path)
+    assert "field 'depends_on': dependency cycle A -> C -> B -> A" in error
+
+
+def test_every_error_is_reported_not_only_the_first(tmp_path):
+    path = write(tmp_path, "many", """
+        colour: blue
+        defaults: {liveness: 0}
+        agents:
+          - {name: A, run: "agents.testing:Echo", memory_mb: -1}
+          - {name: B, run: "agents.testing:Echo", depends_on: [Z]}
+    """)
+    errors = errors_of(path)
+    assert len(errors) == 4, errors
+    assert any("unknown field 'colour'" in e for e in errors)
+    assert any("defaults: field 'liveness'" in e for e in errors)
+    assert any("agent 'A': field 'memory_mb'" in e for e in errors)
+    assert any("unknown agent 'Z'" in e for e in errors)
+
+
+def test_invalid_yaml_names_line_and_column(tmp_path):
+    path = write(tmp_path, "broken", "agents:\n  - name: A\n   run: x\n")
+    (error,) = errors_of(path)
+    assert error.startswith(f"{path}: invalid YAML at line 3")
+
+
+def test_bad_extends(tmp_path):
+    path = write(tmp_path, "orphan", "extends: nowhere\nagents: []\n")
+    errors = errors_of(path)
+    assert any("field 'extends': profile 'nowhere' not found" in e for e in errors)
+    a = write(tmp_path, "a", "extends: b\n")
+    write(tmp_path, "b", "extends: a\n")
+    assert any("field 'extends': cycle" in e for e in errors_of(a))
+
+
+def test_errors_in_a_parent_name_the_parent_file(tmp_path):
+    parent = write(tmp_path, "parent", "agents:\n  - {name: A, run: 'agents.testing:Echo', liveness: x}\n")
+    child = write(tmp_path, "child", "extends: parent\nagents:\n  - {name: B, run: 'agents.testing:Echo'}\n")
+    (error,) = errors_of(child)
+    assert error.startswith(f"{parent}: agent 'A': field 'liveness'")
+
+
+def test_unknown_profile_name():
+    with pytest.raises(ProfileError) as info:
+        load_profile("no-such-profile")
+    assert "profile 'no-such-profile' not found in" in info.value.errors[0]
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "sunsetd.daemon", *args], capture_output=True, text=True,
+                          cwd=REPO, timeout=60)
+
+
+def test_check_prints_levels_and_counts(tmp_path):
+    path = write(tmp_path, "base", BASE)
+    result = run_cli("--profile", str(path), "--check")
+    assert result.returncode == 0, result.stderr
+    assert "level 0: A\nlevel 1: B\n" in result.stdout
+    assert "agents: 2 total, 2 essential, 2 eager, 0 lazy" in result.stdout
+
+
+def test_check_prints_every_error_and_exits_2(tmp_path):
+    path = write(tmp_path, "bad", BASE + "      - {name: X, run: 'agents.testing:Echo', depends_on: [Q], lazy: maybe}\n")
+    result = run_cli("--profile", str(path), "--check")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert any("field 'lazy'" in line for line in lines) and any("unknown agent 'Q'" in line for line in lines)
+    assert lines[-1].endswith("has 2 error(s); not starting")
+
+
+def test_daemon_refuses_to_start_with_a_bad_profile(tmp_path):
+    path = write(tmp_path, "bad", BASE + "      - {name: X, run: 'agents.nowhere:X'}\n")
+    result = run_cli("--profile", str(path), "--runtime-dir", str(tmp_path / "rt"))
+    assert result.returncode == 2 and "cannot import 'agents.nowhere'" in result.stderr
+    assert not (tmp_path / "rt").exists()
