@@ -26,6 +26,9 @@ class Echo(Agent):
         return body
 
     def handle_pid(self, body: Any) -> int:
+        """This process's pid, after sleeping `body` seconds if given (to be in flight for a while)."""
+        if isinstance(body, (int, float)) and body > 0:
+            time.sleep(body)
         return os.getpid()
 
     def handle_sleep(self, body: Any) -> float:

@@ -324,11 +324,9 @@ class Supervisor:
     def daemon_state(self) -> str:
         if self.shutting_down:
             return "stopping"
-        if self.all_essential_ready_at is None:
-            return "starting"
         if any(s.spec.essential and s.state is State.FAILED for s in self.slots.values()):
             return "degraded"
-        return "running"
+        return "starting" if self.all_essential_ready_at is None else "running"
 
     def agent_status(self, slot: AgentSlot, now: float) -> dict:
         proc = slot.process

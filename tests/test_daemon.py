@@ -1,0 +1,305 @@
+"""The daemon under faults: real processes, real sockets, and the request-accounting invariant.
+
+Each test starts its own sunsetd on a private runtime directory and leaves no process behind
+(conftest's autouse check). Timing assertions are deliberately generous: these machines are noisy.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import msgpack
+import psutil
+import pytest
+import zmq
+
+from conftest import REPO, TEST_PROFILES, processes_using, wait_until
+from sunsetd.client import Client, RemoteError
+
+pytestmark = pytest.mark.slow
+
+MINI = TEST_PROFILES / "mini.yaml"
+FAULTS = TEST_PROFILES / "faults.yaml"
+CRASHY = TEST_PROFILES / "crashy.yaml"
+
+
+def error_code(fn, *args, **kwargs) -> str:
+    with pytest.raises(RemoteError) as info:
+        fn(*args, **kwargs)
+    return info.value.code
+
+
+def new_pid_answers(d, name: str, old_pid: int, timeout: float = 15.0) -> int:
+    def answered() -> int | None:
+        try:
+            pid = d.call(name, "pid", timeout=0.5)
+        except RemoteError:
+            return None
+        return pid if pid != old_pid else None
+
+    return wait_until(answered, timeout, what=f"a new {name} to answer")
+
+
+def test_all_ready_in_dependency_order(start_daemon):
+    d = start_daemon(MINI)
+    status = d.status()
+    assert status["state"] == "running" and status["profile"] == "mini"
+    assert [a["state"] for a in status["agents"]] == ["ready"] * 3
+    log = d.log()
+    # each level is spawned only after the level below it is ready
+    assert log.index("Base state starting -> ready") < log.index("Middle spawn")
+    assert log.index("Middle state starting -> ready") < log.index("Top spawn")
+    assert d.call("Top", "relay", {"to": "Base", "op": "echo", "body": [1, "two"]}) == [1, "two"]
+
+
+def test_sigkill_of_an_agent_is_replaced_and_serving(start_daemon):
+    d = start_daemon(MINI)
+    old = d.call("Middle", "pid")
+    os.kill(old, signal.SIGKILL)
+    new = new_pid_answers(d, "Middle", old)
+    assert psutil.Process(new).is_running()
+    agent = d.agent("Middle")
+    assert agent["restarts"] == 1 and agent["state"] == "ready" and agent["pid"] == new
+    assert re.search(r"Middle exit killed by SIGKILL", d.log())
+
+
+def test_sigstop_of_an_agent_is_found_by_heartbeats_killed_and_replaced(start_daemon):
+    d = start_daemon(MINI)
+    old = d.call("Middle", "pid")
+    os.kill(old, signal.SIGSTOP)
+    new_pid_answers(d, "Middle", old)
+    assert "Middle state ready -> stopping reason='hung: no heartbeat" in d.log()
+    wait_until(lambda: not psutil.pid_exists(old) or psutil.Process(old).status() == psutil.STATUS_ZOMBIE,
+               5.0, what="the frozen incarnation to be gone")
+    assert d.agent("Middle")["heartbeat_misses"] == 1
+
+
+def test_crash_at_start_opens_the_circuit_fails_fast_then_tries_again(start_daemon):
+    d = start_daemon(CRASHY)  # wait_ready accepts `degraded`: an essential agent is failed
+    crashy = d.wait_agent("Crashy", lambda a: a["state"] == "failed", what="failed")
+    assert crashy["restarts"] == 3 and crashy["circuit"] == "open"
+    assert d.status()["state"] == "degraded"
+    t0 = time.monotonic()
+    with pytest.raises(RemoteError) as info:
+        d.call("Crashy", "echo", 1)
+    assert info.value.code == "unavailable" and "circuit open" in info.value.message
+    assert time.monotonic() - t0 < 1.0  # at once, not after a timeout
+    wait_until(lambda: "cooldown over, half-open trial" in d.log(), 10.0, what="the half-open trial")
+    d.wait_agent("Crashy", lambda a: a["state"] == "failed", what="failed again after the trial")
+    assert "during half-open trial" in d.log()
+    assert d.call("Base", "echo", "still fine") == "still fine"
+
+
+def test_request_in_flight_when_its_agent_dies_gets_agent_crashed(start_daemon):
+    d = start_daemon(FAULTS)
+    pid = d.call("Worker", "pid")
+    with Client(d.runtime_dir) as c:
+        rid = c.send("Worker", "pid", 5, timeout=10)
+        time.sleep(0.3)
+        os.kill(pid, signal.SIGKILL)
+        reply = c.recv(5)
+    assert reply["id"] == rid and reply["ok"] is False
+    assert reply["error"]["code"] == "agent_crashed" and "killed by SIGKILL" in reply["error"]["message"]
+
+
+def test_retry_true_gets_the_next_incarnations_answer(start_daemon):
+    d = start_daemon(FAULTS)
+    pid = d.call("Worker", "pid")
+    with Client(d.runtime_dir) as c:
+        rid = c.send("Worker", "pid", 0.5, timeout=10, retry=True)
+        time.sleep(0.2)
+        os.kill(pid, signal.SIGKILL)
+        reply = c.recv(8)
+        assert c.recv(0.5) is None  # exactly one reply
+    assert reply["id"] == rid and reply["ok"] is True
+    assert reply["body"] != pid
+
+
+def test_deadline_gives_timeout_and_the_late_reply_is_dropped(start_daemon):
+    d = start_daemon(FAULTS)
+    t0 = time.monotonic()
+    with pytest.raises(RemoteError) as info:
+        d.call("Worker", "sleep", 1.0, timeout=0.3)
+    elapsed = time.monotonic() - t0
+    assert info.value.code == "timeout" and "in flight" in info.value.message
+    assert 0.25 < elapsed < 1.0
+    wait_until(lambda: d.status()["router"].get("late_replies", 0) >= 1, 5.0, what="the late reply to be counted")
+
+
+def test_queues_are_bounded_and_excess_is_overloaded(start_daemon):
+    d = start_daemon(FAULTS)  # Worker: max_inflight 1, max_queue 4
+    with Client(d.runtime_dir) as c:
+        ids = [c.send("Worker", "sleep", 0.2, timeout=10) for _ in range(8)]
+        replies = [c.recv(10) for _ in ids]
+    assert sorted(r["id"] for r in replies) == sorted(ids)  # one reply each
+    codes = [r["error"]["code"] if not r["ok"] else "ok" for r in replies]
+    assert codes.count("ok") == 5 and codes.count("overloaded") == 3
+
+
+def test_unknown_agent_and_unknown_op(start_daemon):
+    d = start_daemon(MINI)
+    assert error_code(d.call, "Nobody", "echo") == "unknown_agent"
+    with pytest.raises(RemoteError) as info:
+        d.call("Base", "no_such_op")
+    assert info.value.code == "bad_request" and "no op 'no_such_op'" in info.value.message
+    assert error_code(d.call, "Base", "fail", "boom") == "agent_error"
+    assert error_code(d.call, "sunsetd", "dance") == "bad_request"
+
+
+def raw_request(sock: zmq.Socket, payload: bytes) -> dict | None:
+    sock.send(payload)
+    if not sock.poll(3000):
+        return None
+    return msgpack.unpackb(sock.recv(), raw=False)
+
+
+def test_garbage_on_both_sockets_never_stops_the_daemon(start_daemon):
+    d = start_daemon(MINI)
+    ctx = zmq.Context.instance()
+    front = ctx.socket(zmq.DEALER)
+    front.setsockopt(zmq.LINGER, 0)
+    front.connect(f"ipc://{d.runtime_dir}/sunsetd.sock")
+    cases = {
+        b"\xc1\xff not msgpack": "not valid msgpack",
+        msgpack.packb([1, 2, 3]): "request must be a map",
+        msgpack.packb({"v": 2, "id": 1, "to": "Base", "op": "echo"}): "field 'v' must be 1",
+        msgpack.packb({"v": 1, "id": 7, "to": "Base"}): "field 'op'",
+        msgpack.packb({"v": 1, "id": 8, "to": "Base", "op": "echo", "timeout_ms": "soon"}): "field 'timeout_ms'",
+        msgpack.packb({"v": 1, "id": 9, "to": "Base", "op": "echo", "extra": 1}): "unknown field 'extra'",
+        msgpack.packb({"v": 1, "id": 10, "to": "Base", "op": "echo", "body": b"x" * (2 << 20)}): "over the 1048576-byte limit",
+    }
+    for payload, expected in cases.items():
+        reply = raw_request(front, payload)
+        assert reply is not None and reply["ok"] is False, expected
+        assert reply["error"]["code"] == "bad_request" and expected in reply["error"]["message"]
+    assert raw_request(front, msgpack.packb({"v": 1, "id": 8, "to": "Base", "op": "echo"}))["id"] == 8  # id kept
+    front.send_multipart([b"two", b"frames"])
+    assert front.poll(3000) and b"one msgpack frame" in front.recv()
+    front.close()
+    huge = ctx.socket(zmq.DEALER)  # beyond the hard limit libzmq drops the connection; nothing is buffered
+    huge.setsockopt(zmq.LINGER, 0)
+    huge.connect(f"ipc://{d.runtime_dir}/sunsetd.sock")
+    huge.send(b"\x00" * (9 << 20))
+    time.sleep(0.3)
+    huge.close()
+
+    agents = ctx.socket(zmq.DEALER)
+    agents.setsockopt(zmq.LINGER, 0)
+    agents.setsockopt(zmq.IDENTITY, b"Base#999")  # an incarnation that does not exist
+    agents.connect(f"ipc://{d.runtime_dir}/agents.sock")
+    for frames in ([b"REPLY", msgpack.packb({"id": 1, "ok": True, "body": 1})], [b"garbage"], [b"\x00" * 100],
+                   [b"HELLO", b"\xc1"], [b"REQUEST", b""], [b"a", b"b", b"c"]):
+        agents.send_multipart(frames)
+    anonymous = ctx.socket(zmq.DEALER)
+    anonymous.setsockopt(zmq.LINGER, 0)
+    anonymous.connect(f"ipc://{d.runtime_dir}/agents.sock")
+    anonymous.send_multipart([b"READY"])
+    time.sleep(0.3)
+    agents.close()
+    anonymous.close()
+
+    assert d.call("Top", "relay", {"to": "Base", "op": "echo", "body": "alive"}) == "alive"
+    status = d.status()
+    assert status["router"]["bad_frames_front"] >= 8
+    assert status["router"]["stale_agent_messages"] >= 7
+    assert all(a["state"] == "ready" and a["restarts"] == 0 for a in status["agents"])
+
+
+def test_sigkill_of_the_daemon_leaves_no_agent_and_a_new_daemon_takes_over(start_daemon, runtime_dir):
+    d = start_daemon(MINI, runtime_dir=runtime_dir)
+    agent_pids = [a["pid"] for a in d.status()["agents"]]
+    d.proc.kill()
+    d.proc.wait()
+    t0 = time.monotonic()
+    wait_until(lambda: not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
+                               for p in agent_pids), 2.0, what="every agent to die with the daemon")
+    assert time.monotonic() - t0 < 2.0
+    assert (runtime_dir / "sunsetd.sock").exists()  # stale, left by the killed daemon
+    d2 = start_daemon(MINI, runtime_dir=runtime_dir)
+    assert d2.call("Base", "echo", 2) == 2
+
+
+def test_a_second_daemon_on_the_same_runtime_dir_refuses(start_daemon):
+    d = start_daemon(MINI)
+    result = subprocess.run([sys.executable, "-m", "sunsetd.daemon", "--profile", str(MINI), "--runtime-dir",
+                             str(d.runtime_dir)], capture_output=True, text=True, timeout=30, cwd=REPO)
+    assert result.returncode == 1
+    assert f"another sunsetd (pid {d.proc.pid}) is already running on {d.runtime_dir}" in result.stderr
+    assert d.call("Base", "echo", 1) == 1
+
+
+def test_runtime_dir_too_long_is_a_clear_error(runtime_dirs):
+    long_dir = runtime_dirs.new() / ("x" * 100)
+    result = subprocess.run([sys.executable, "-m", "sunsetd.daemon", "--profile", str(MINI), "--runtime-dir",
+                             str(long_dir)], capture_output=True, text=True, timeout=30, cwd=REPO)
+    assert result.returncode == 1 and "too long for an ipc:// socket path" in result.stderr
+
+
+def test_sigterm_answers_queued_requests_and_stops_in_reverse_order(start_daemon):
+    d = start_daemon(FAULTS)
+    with Client(d.runtime_dir) as c:
+        ids = [c.send("Worker", "sleep", 0.5, timeout=10) for _ in range(3)]  # 1 in flight, 2 queued
+        time.sleep(0.2)
+        d.proc.send_signal(signal.SIGTERM)
+        replies = {r["id"]: r for r in (c.recv(10) for _ in ids)}
+        assert c.recv(0.3) is None
+    assert replies[ids[0]]["ok"] is True  # the one in flight finishes within its grace
+    assert [replies[i]["error"]["code"] for i in ids[1:]] == ["shutting_down", "shutting_down"]
+    assert d.proc.wait(20) == 0
+    log = d.log()
+    assert log.index("Worker exit") < log.index("Base state ready -> stopping")
+    assert not processes_using(d.runtime_dir)
+
+
+def test_operator_stop_start_restart(start_daemon):
+    d = start_daemon(MINI)
+    before = d.agent("Top")
+    assert d.call("sunsetd", "stop", {"agent": "Top"})["state"] == "stopped"
+    with pytest.raises(RemoteError) as info:
+        d.call("Top", "echo", 1)
+    assert info.value.code == "unavailable" and "stopped" in info.value.message
+    started = d.call("sunsetd", "start", {"agent": "Top"})
+    assert started["state"] == "ready" and started["pid"] != before["pid"]
+    restarted = d.call("sunsetd", "restart", {"agent": "Top"})
+    assert restarted["incarnation"] == started["incarnation"] + 1
+    assert d.agent("Top")["restarts"] == 0  # operator actions are not failures
+    assert error_code(d.call, "sunsetd", "restart", {"agent": "Ghost"}) == "unknown_agent"
+
+
+def run_ctl(d, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "sunsetd.cli", "--runtime-dir", str(d.runtime_dir), *args],
+                          capture_output=True, text=True, timeout=60, cwd=REPO)
+
+
+def test_sunsetctl(start_daemon):
+    d = start_daemon(MINI)
+    table = run_ctl(d, "status")
+    assert table.returncode == 0
+    header = table.stdout.splitlines()[1].split()
+    assert header == ["NAME", "STATE", "PID", "UPTIME", "RESTARTS", "RSS", "HEARTBEAT"]
+    rows = [line.split() for line in table.stdout.splitlines()[2:]]
+    assert "profile mini" in table.stdout and [r[1] for r in rows] == ["ready"] * 3
+    status = json.loads(run_ctl(d, "status", "--json").stdout)
+    assert {"profile", "pid", "agents"} <= set(status)
+    for agent in status["agents"]:
+        assert {"name", "state", "pid", "restarts", "essential", "lazy", "uptime_s", "rss_bytes",
+                "heartbeat_age_ms"} <= set(agent)
+        assert agent["rss_bytes"] > 1 << 20 and agent["heartbeat_age_ms"] < 5000
+    out = run_ctl(d, "call", "Base", "echo", '{"a": [1, 2]}')
+    assert out.returncode == 0 and json.loads(out.stdout) == {"a": [1, 2]}
+    err = run_ctl(d, "call", "Base", "fail", '"x"')
+    assert err.returncode == 1 and err.stderr.startswith("sunsetctl: agent_error: failed on purpose")
+    slow = run_ctl(d, "call", "Base", "sleep", "2", "--timeout", "0.2")
+    assert slow.returncode == 1 and "timeout" in slow.stderr
+    assert run_ctl(d, "restart", "Base").returncode == 0
+    assert run_ctl(d, "stop", "Ghost").returncode == 1
+    assert "exit status" in run_ctl(d, "--help").stdout
+    assert run_ctl(d, "shutdown").returncode == 0
+    assert d.proc.wait(20) == 0
+    gone = run_ctl(d, "status")
+    assert gone.returncode == 3 and "not running" in gone.stderr
