@@ -5,7 +5,9 @@ crash at start, start slowly or grow its memory, without editing the agents unde
 """
 from __future__ import annotations
 
+import ctypes
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -40,6 +42,16 @@ class Echo(Agent):
 
     def handle_fail(self, body: Any) -> None:
         raise AgentError(f"failed on purpose: {body}")
+
+    def handle_say(self, body: Any) -> None:
+        """Print `body` on stdout and on stderr: the daemon logs both, tagged with our name."""
+        self.log(f"said {body}")
+        print(f"complained {body}", file=sys.stderr, flush=True)
+
+    def handle_hang(self, body: Any) -> None:
+        """Sleep `body` seconds inside C while holding the GIL: the whole process, heartbeats and SIGTERM
+        handling included, is wedged, as with a C extension stuck in a call."""
+        ctypes.PyDLL(None).sleep(int(body or 60))
 
     def handle_crash(self, body: Any) -> None:
         os._exit(int(body or 1))

@@ -79,6 +79,26 @@ def test_sigstop_of_an_agent_is_found_by_heartbeats_killed_and_replaced(start_da
     assert d.agent("Middle")["heartbeat_misses"] == 1
 
 
+def test_an_agent_wedged_in_c_is_killed_after_its_stop_timeout(start_daemon):
+    d = start_daemon(FAULTS)  # heartbeat 100 ms x liveness 3, stop_timeout_s 2
+    old = d.call("Worker", "pid")
+    t0 = time.monotonic()
+    with pytest.raises(RemoteError) as info:
+        d.call("Worker", "hang", 60, timeout=20)
+    assert info.value.code == "agent_crashed" and "SIGKILL" in info.value.message
+    assert 1.5 < time.monotonic() - t0 < 10.0  # hung found, SIGTERM ignored, SIGKILL after stop_timeout_s
+    new_pid_answers(d, "Worker", old)
+    assert "Worker kill SIGKILL after stop_timeout_s=2" in d.log()
+
+
+def test_agent_output_reaches_the_daemon_log_tagged_with_its_name(start_daemon):
+    d = start_daemon(MINI)
+    d.call("Middle", "say", "hello there")
+    wait_until(lambda: "Middle stdout said hello there" in d.log(), 5.0, what="the stdout line")
+    wait_until(lambda: re.search(r"WARNING +Middle stderr complained hello there", d.log()), 5.0,
+               what="the stderr line, as a warning")
+
+
 def test_crash_at_start_opens_the_circuit_fails_fast_then_tries_again(start_daemon):
     d = start_daemon(CRASHY)  # wait_ready accepts `degraded`: an essential agent is failed
     crashy = d.wait_agent("Crashy", lambda a: a["state"] == "failed", what="failed")
