@@ -19,7 +19,8 @@ class Echo(Agent):
     """Answers with what it is sent; ops to sleep, fail, crash, allocate, and call another agent."""
 
     def setup(self) -> None:
-        self.ballast: list[bytearray] = []
+        # config ballast_mb: memory held (and touched, so it is resident) like a model's weights
+        self.ballast: list[bytearray] = [bytearray(b"\x01" * (int(self.config.get("ballast_mb", 0)) << 20))]
         delay = float(self.config.get("setup_s", 0))
         if delay:
             time.sleep(delay)

@@ -19,9 +19,10 @@ import zmq
 
 from sunsetd import logs, rundir
 from sunsetd.profile import Profile, ProfileError, describe, load_profile
+from sunsetd.protocol import ErrorCode
 from sunsetd.router import Router
 from sunsetd.spawner import ExecSpawner
-from sunsetd.supervisor import Supervisor
+from sunsetd.supervisor import PendingRequest, Supervisor
 from sunsetd.timers import Timers
 
 EXIT_OK = 0
@@ -59,8 +60,9 @@ class EventLoop:
 
 
 class Daemon:
-    def __init__(self, profile: Profile, runtime_dir: Path):
+    def __init__(self, profile: Profile, runtime_dir: Path, profile_arg: str | None = None):
         self.profile = profile
+        self.profile_arg = profile_arg or str(profile.path)  # what a reload reads again
         self.runtime_dir = runtime_dir
         self.lock = rundir.RuntimeLock(runtime_dir)
         self.timers = Timers()
@@ -76,7 +78,33 @@ class Daemon:
         self.begin_shutdown("SIGINT")
 
     def handle_sighup(self) -> None:
-        logs.event(logs.DAEMON, "signal", "SIGHUP: profile reload is not available in this version", "WARNING")
+        self.reload(None)
+
+    def reload(self, request: PendingRequest | None) -> None:
+        """Re-read the profile and apply the difference; an invalid profile leaves everything as it is."""
+        if self.stopping_since is not None:
+            if request is not None:
+                self.router.fail(request, ErrorCode.SHUTTING_DOWN, "sunsetd is shutting down")
+            return
+        try:
+            new = load_profile(self.profile_arg)
+        except ProfileError as exc:
+            logs.event(logs.DAEMON, "reload", f"refused: {len(exc.errors)} error(s); running set untouched", "ERROR")
+            for line in exc.errors:
+                logs.event(logs.DAEMON, "reload", line, "ERROR")
+            if request is not None:
+                self.router.fail(request, ErrorCode.BAD_REQUEST,
+                                 f"profile {self.profile_arg} has {len(exc.errors)} error(s); running set untouched:\n"
+                                 + "\n".join(exc.errors))
+            return
+
+        def done(result: dict) -> None:
+            logs.event(logs.DAEMON, "reload", "done", rolled_back=",".join(result["rolled_back"]) or None)
+            if request is not None:
+                self.router.answer(request, result)
+
+        self.profile = new
+        self.supervisor.reload(new, done)
 
     def _on_signal_fd(self) -> None:
         try:
@@ -119,6 +147,7 @@ class Daemon:
         self.supervisor = Supervisor(self.profile, ExecSpawner(self.runtime_dir), self.timers, self.loop)
         self.router = Router(ctx, self.runtime_dir, self.supervisor, self.timers)
         self.router.on_shutdown = lambda: self.begin_shutdown("shutdown requested")
+        self.router.on_reload = self.reload
         self.loop.watch(self.router.agents, self.router.on_agents_readable, first=True)
         self.loop.watch(self.router.front, self.router.on_front_readable)
         self._wakeup_r, wakeup_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -177,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         print(describe(profile))
         return EXIT_OK
     logs.configure(args.log_level, profile.name)
-    return Daemon(profile, rundir.resolve(args.runtime_dir)).run()
+    return Daemon(profile, rundir.resolve(args.runtime_dir), args.profile).run()
 
 
 if __name__ == "__main__":

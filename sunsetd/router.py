@@ -66,8 +66,11 @@ class Router:
         self.replies["ok" if reply["ok"] else reply["error"]["code"]] += 1
         self._send_front(p.envelope, reply)
 
-    def _fail(self, p: PendingRequest, code: ErrorCode, message: str) -> None:
+    def fail(self, p: PendingRequest, code: ErrorCode, message: str) -> None:
         self._finish(p, protocol.error_reply(p.client_id, code, message))
+
+    def answer(self, p: PendingRequest, body: Any) -> None:
+        self._finish(p, protocol.ok_reply(p.client_id, body))
 
     def _send_front(self, envelope: list[bytes], reply: dict) -> None:
         try:
@@ -117,15 +120,15 @@ class Router:
             wall_deadline=time.time() + request.timeout_ms / 1000.0, retry=request.retry, received_at=now)
         self.pending[p.rid] = p
         if self.shutting_down:
-            self._fail(p, ErrorCode.SHUTTING_DOWN, "sunsetd is shutting down")
+            self.fail(p, ErrorCode.SHUTTING_DOWN, "sunsetd is shutting down")
             return
         p.timer = self.timers.call_at(p.deadline, lambda: self._expire(p))
         if request.to == CONTROL_TARGET:
             self._control(p)
             return
         slot = self.supervisor.slots.get(request.to)
-        if slot is None:
-            self._fail(p, ErrorCode.UNKNOWN_AGENT, f"no agent {request.to!r} in profile {self.supervisor.profile.name}")
+        if slot is None or slot.removed:
+            self.fail(p, ErrorCode.UNKNOWN_AGENT, f"no agent {request.to!r} in profile {self.supervisor.profile.name}")
             return
         slot.last_request_at = now
         decision = admit(slot.lifecycle, slot.wanted, len(slot.inflight), len(slot.queue))
@@ -134,12 +137,15 @@ class Router:
         elif decision is Admission.QUEUE:
             slot.queue.append(p)
         elif decision is Admission.QUEUE_AND_START:
-            slot.queue.append(p)
-            self.supervisor.start_agent(slot)
+            refusal = self.supervisor.start_agent(slot, "first request")
+            if refusal is None:
+                slot.queue.append(p)
+            else:
+                self.fail(p, ErrorCode.OVERLOADED, refusal)
         elif decision is Admission.UNAVAILABLE:
-            self._fail(p, ErrorCode.UNAVAILABLE, self._unavailable_message(slot))
+            self.fail(p, ErrorCode.UNAVAILABLE, self._unavailable_message(slot))
         else:
-            self._fail(p, ErrorCode.OVERLOADED,
+            self.fail(p, ErrorCode.OVERLOADED,
                        f"{slot.name} has {len(slot.queue)} requests queued (max_queue={slot.spec.max_queue})")
 
     def _unavailable_message(self, slot: AgentSlot) -> str:
@@ -155,7 +161,7 @@ class Router:
         try:
             self.agents.send_multipart([slot.routing_id, Kind.REQUEST.value, frame], flags=zmq.NOBLOCK)
         except zmq.Again:
-            self._fail(p, ErrorCode.OVERLOADED, f"{slot.name}'s pipe is full")
+            self.fail(p, ErrorCode.OVERLOADED, f"{slot.name}'s pipe is full")
             return False
         except zmq.ZMQError:
             # EHOSTUNREACH: its connection is gone though its exit is not seen yet. It never got the
@@ -184,7 +190,7 @@ class Router:
                     slot.queue.remove(p)
                 except ValueError:
                     pass
-        self._fail(p, ErrorCode.TIMEOUT, f"no reply from {p.to} within {(p.deadline - p.received_at) * 1000:.0f}ms "
+        self.fail(p, ErrorCode.TIMEOUT, f"no reply from {p.to} within {(p.deadline - p.received_at) * 1000:.0f}ms "
                                          f"(request was {where})")
 
     # ---- agents socket
@@ -229,7 +235,7 @@ class Router:
         if ok:
             self._finish(p, protocol.ok_reply(p.client_id, value))
         else:
-            self._fail(p, value[0], value[1])
+            self.fail(p, value[0], value[1])
         if slot.queue:
             self._flush(slot)
 
@@ -265,13 +271,13 @@ class Router:
                 p.retried = True
                 slot.queue.appendleft(p)  # keeps arrival order, ahead of requests that came later
             elif self.shutting_down:
-                self._fail(p, ErrorCode.SHUTTING_DOWN, f"sunsetd is shutting down; {slot.name} {description}")
+                self.fail(p, ErrorCode.SHUTTING_DOWN, f"sunsetd is shutting down; {slot.name} {description}")
             else:
-                self._fail(p, ErrorCode.AGENT_CRASHED, f"{slot.name} {description} with the request in flight")
+                self.fail(p, ErrorCode.AGENT_CRASHED, f"{slot.name} {description} with the request in flight")
 
     def _fail_queue(self, slot: AgentSlot, code: ErrorCode, message: str) -> None:
         while slot.queue:
-            self._fail(slot.queue.popleft(), code, message)
+            self.fail(slot.queue.popleft(), code, message)
 
     # ---- control ops (to: "sunsetd")
     def _control(self, p: PendingRequest) -> None:
@@ -288,44 +294,47 @@ class Router:
             return
         if p.op == "reload":
             if self.on_reload is None:
-                self._fail(p, ErrorCode.BAD_REQUEST, "this daemon cannot reload its profile")
+                self.fail(p, ErrorCode.BAD_REQUEST, "this daemon cannot reload its profile")
             else:
                 self.on_reload(p)
             return
         if p.op not in ("start", "stop", "restart"):
-            self._fail(p, ErrorCode.BAD_REQUEST,
+            self.fail(p, ErrorCode.BAD_REQUEST,
                        f"unknown control op {p.op!r} (status, start, stop, restart, reload, shutdown)")
             return
         name = p.body.get("agent") if isinstance(p.body, dict) else None
         if not isinstance(name, str):
-            self._fail(p, ErrorCode.BAD_REQUEST, f"control op {p.op!r} needs body {{agent: NAME}}")
+            self.fail(p, ErrorCode.BAD_REQUEST, f"control op {p.op!r} needs body {{agent: NAME}}")
             return
         slot = sup.slots.get(name)
         if slot is None:
-            self._fail(p, ErrorCode.UNKNOWN_AGENT, f"no agent {name!r} in profile {sup.profile.name}")
+            self.fail(p, ErrorCode.UNKNOWN_AGENT, f"no agent {name!r} in profile {sup.profile.name}")
             return
         incarnation = slot.incarnation
         if p.op == "stop":
             sup.stop_agent(slot)
             done = lambda s: s.state is State.STOPPED  # noqa: E731
         elif p.op == "start":
-            sup.start_agent(slot)
+            refusal = sup.start_agent(slot)
+            if refusal is not None:
+                self.fail(p, ErrorCode.OVERLOADED, refusal)
+                return
             done = lambda s: s.state is State.READY  # noqa: E731
         else:
             sup.restart_agent(slot)
             done = lambda s: s.state is State.READY and s.incarnation > incarnation  # noqa: E731
 
-        def watcher(s: AgentSlot) -> bool:
+        def watcher(s: AgentSlot, _t: Transition | None = None) -> bool:
             if p.rid not in self.pending:
                 return True  # answered already (deadline)
             if done(s):
                 self._finish(p, protocol.ok_reply(p.client_id, self._agent_brief(s)))
                 return True
             if s.state is State.FAILED:
-                self._fail(p, ErrorCode.UNAVAILABLE, self._unavailable_message(s))
+                self.fail(p, ErrorCode.UNAVAILABLE, self._unavailable_message(s))
                 return True
             if p.op != "stop" and s.state is State.STOPPED and not s.wanted:
-                self._fail(p, ErrorCode.UNAVAILABLE, f"{s.name} was stopped ({s.lifecycle.reason})")
+                self.fail(p, ErrorCode.UNAVAILABLE, f"{s.name} was stopped ({s.lifecycle.reason})")
                 return True
             return False
 
@@ -346,4 +355,4 @@ class Router:
 
     def fail_all_pending(self) -> None:
         for p in list(self.pending.values()):
-            self._fail(p, ErrorCode.SHUTTING_DOWN, "sunsetd is shutting down")
+            self.fail(p, ErrorCode.SHUTTING_DOWN, "sunsetd is shutting down")

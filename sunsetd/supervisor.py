@@ -25,6 +25,17 @@ from sunsetd.spawner import AgentProcess, Spawner, describe_exit
 from sunsetd.timers import Timer, Timers
 
 
+MB = 1 << 20
+SAMPLE_INTERVAL_S = 1.0  # RSS sampling and the idle check of lazy agents
+
+
+def _rss(pid: int) -> int | None:
+    try:
+        return psutil.Process(pid).memory_info().rss
+    except psutil.Error:
+        return None
+
+
 @dataclass(eq=False, slots=True)
 class PendingRequest:
     """A request the front socket accepted and has not yet answered (DESIGN §5)."""
@@ -57,11 +68,14 @@ class SupervisorListener(Protocol):
     def drain_agents(self) -> None: ...
 
 
+Watcher = Callable[["AgentSlot", Transition], bool]  # returns True when it is done
+
+
 @dataclass(eq=False)
 class AgentSlot:
-    spec: AgentSpec
     lifecycle: Lifecycle
     wanted: bool = False  # the supervisor means this agent to be running
+    removed: bool = False  # dropped from the profile by a reload; deleted once stopped
     incarnation: int = 0
     process: AgentProcess | None = None
     routing_id: bytes | None = None
@@ -69,21 +83,30 @@ class AgentSlot:
     last_heard: float = 0.0
     heartbeat_misses: int = 0
     last_request_at: float = 0.0
+    rss: int | None = None  # bytes, sampled about once a second
     deadline_timer: Timer | None = None
     heartbeat_timer: Timer | None = None
     inflight: dict[int, PendingRequest] = field(default_factory=dict)
     queue: deque[PendingRequest] = field(default_factory=deque)
-    watchers: list[Callable[["AgentSlot"], bool]] = field(default_factory=list)
+    watchers: list[Watcher] = field(default_factory=list)
     dependencies: list["AgentSlot"] = field(default_factory=list)
     dependents: list["AgentSlot"] = field(default_factory=list)
 
     @property
+    def spec(self) -> AgentSpec:
+        return self.lifecycle.spec  # one copy: a reload that changes the spec changes it here
+
+    @property
     def name(self) -> str:
-        return self.spec.name
+        return self.lifecycle.spec.name
 
     @property
     def state(self) -> State:
         return self.lifecycle.state
+
+    @property
+    def idle(self) -> bool:
+        return self.state is State.READY and not self.inflight and not self.queue
 
 
 class Supervisor:
@@ -95,16 +118,24 @@ class Supervisor:
         self.fds = fds
         self.rng = rng or random.Random()
         self.listener: SupervisorListener | None = None
-        self.slots: dict[str, AgentSlot] = {s.name: AgentSlot(s, Lifecycle(s, self.rng)) for s in profile.agents}
-        for slot in self.slots.values():
-            slot.dependencies = [self.slots[d] for d in slot.spec.depends_on]
-            for dep in slot.dependencies:
-                dep.dependents.append(slot)
+        self.slots: dict[str, AgentSlot] = {s.name: AgentSlot(Lifecycle(s, self.rng)) for s in profile.agents}
+        self._wire_dependencies()
         self.shutting_down = False
+        self.sampler: Timer | None = None
         self.started_at = time.monotonic()
         self.all_essential_ready_at: float | None = None
         self.on_ready: Callable[[], None] | None = None  # all essential agents ready for the first time
         self.on_change: Callable[[], None] | None = None  # any state change (status text for systemd)
+
+    def _wire_dependencies(self) -> None:
+        """Dependencies from the specs. Slots being removed by a reload keep theirs, so they still stop
+        in reverse order, and so agents they depend on wait for them."""
+        for slot in self.slots.values():
+            slot.dependents = []
+        for slot in self.slots.values():
+            slot.dependencies = [self.slots[d] for d in slot.spec.depends_on if d in self.slots]
+            for dep in slot.dependencies:
+                dep.dependents.append(slot)
 
     # ---- identity
     def slot_for(self, routing_id: bytes) -> AgentSlot | None:
@@ -118,6 +149,7 @@ class Supervisor:
         for slot in self.slots.values():
             if not slot.spec.lazy:
                 self.want(slot)
+        self._schedule_sampler()
 
     def want(self, slot: AgentSlot) -> None:
         """Mean `slot` to run, with everything it depends on; each starts once its dependencies are ready."""
@@ -138,7 +170,8 @@ class Supervisor:
             return
         if any(d.lifecycle.running for d in slot.dependents):
             return  # reverse order: dependents stop first
-        self._apply(slot, slot.lifecycle.stop(time.monotonic(), "shutdown" if self.shutting_down else "stop"))
+        reason = "shutdown" if self.shutting_down else "removed by reload" if slot.removed else "stop"
+        self._apply(slot, slot.lifecycle.stop(time.monotonic(), reason))
 
     def shutdown(self) -> None:
         self.shutting_down = True
@@ -157,10 +190,18 @@ class Supervisor:
         return sum(max(slowest[n] for n in level) for level in self.profile.levels) + 5.0
 
     # ---- operator commands
-    def start_agent(self, slot: AgentSlot) -> None:
+    def start_agent(self, slot: AgentSlot, reason: str = "operator start") -> str | None:
+        """Start an agent and what it depends on; for a lazy one first make room in the memory budget.
+        Returns why it cannot start, or None."""
+        if not slot.lifecycle.running:
+            refusal = self.make_room(slot)
+            if refusal is not None:
+                logs.event(slot.name, "budget", refusal, "WARNING")
+                return refusal
         self.want(slot)
-        if slot.state in (State.FAILED, State.BACKOFF):
-            self._apply(slot, slot.lifecycle.start(time.monotonic(), "operator start"))
+        if slot.state in (State.FAILED, State.BACKOFF, State.STOPPING):
+            self._apply(slot, slot.lifecycle.start(time.monotonic(), reason))
+        return None
 
     def stop_agent(self, slot: AgentSlot, reason: str = "operator stop") -> None:
         slot.wanted = False
@@ -196,13 +237,22 @@ class Supervisor:
         if self.listener is not None:
             self.listener.on_transition(slot, t)
         if t.new is State.READY:
+            slot.last_request_at = max(slot.last_request_at, time.monotonic())  # idle time counts from ready
             for dependent in slot.dependents:
                 self._maybe_start(dependent)
             self._check_all_ready()
         elif t.new is State.STOPPED:
+            if t.old is not State.STOPPING:
+                slot.wanted = False  # it exited and its restart mode says stay stopped
+            if slot.removed and self.slots.get(slot.name) is slot:
+                del self.slots[slot.name]
+                self._wire_dependencies()
             for dep in slot.dependencies:
                 self._maybe_stop(dep)
-        slot.watchers[:] = [w for w in slot.watchers if not w(slot)]
+            self._maybe_start(slot)  # wanted again while it was stopping (a request for a lazy agent)
+        # Watchers only answer requests or schedule work; they never cause a transition themselves.
+        watchers, slot.watchers = slot.watchers, []
+        slot.watchers = [w for w in watchers if not w(slot, t)] + slot.watchers
         if self.on_change is not None:
             self.on_change()
 
@@ -320,6 +370,154 @@ class Supervisor:
             self.listener.send_to_agent(slot, Kind.HEARTBEAT)
         self._schedule_heartbeat(slot, time.monotonic())
 
+    # ---- memory: sampling, the budget, idle lazy agents
+    def _schedule_sampler(self) -> None:
+        self.sampler = self.timers.call_later(SAMPLE_INTERVAL_S, self._sample)
+
+    def _sample(self) -> None:
+        """About once a second: each agent's RSS (and its max_rss_mb), and lazy agents idle too long."""
+        now = time.monotonic()
+        for slot in list(self.slots.values()):
+            if slot.process is not None:
+                slot.rss = _rss(slot.process.pid)
+                limit = slot.spec.max_rss_mb
+                if limit and slot.rss and slot.rss > limit * MB and slot.state is State.READY:
+                    self.unhealthy(slot, f"memory: rss {slot.rss / MB:.0f}MB over max_rss_mb={limit}")
+            if (slot.spec.lazy and slot.wanted and slot.idle and not self.shutting_down
+                    and now - slot.last_request_at >= slot.spec.idle_timeout_s
+                    and not any(d.lifecycle.running for d in slot.dependents)):
+                self.stop_agent(slot, f"idle for {now - slot.last_request_at:.0f}s")
+        self._schedule_sampler()
+
+    def footprint_mb(self, slot: AgentSlot) -> float:
+        """Memory an agent counts against the budget: observed RSS, or its declared size while starting."""
+        if slot.process is None:
+            return 0.0
+        if slot.state is State.STARTING or slot.rss is None:
+            return float(slot.spec.memory_mb)
+        return slot.rss / MB
+
+    def make_room(self, slot: AgentSlot) -> str | None:
+        """Before a lazy start: stop least-recently-used idle lazy agents until it fits the budget.
+        Returns why it does not fit, or None."""
+        budget = self.profile.memory_mb
+        if budget is None:
+            return None
+        starting: list[AgentSlot] = []
+        stack = [slot]
+        while stack:  # the agent and everything it needs that is not running yet
+            s = stack.pop()
+            if s not in starting and not s.lifecycle.running:
+                starting.append(s)
+                stack.extend(s.dependencies)
+        need = sum(s.spec.memory_mb for s in starting)
+        used = sum(self.footprint_mb(s) for s in self.slots.values())
+        if used + need <= budget:
+            return None
+        needed_by = set()
+        stack = list(starting)
+        while stack:
+            s = stack.pop()
+            if s not in needed_by:
+                needed_by.add(s)
+                stack.extend(s.dependencies)
+        evictable = sorted((s for s in self.slots.values()
+                            if s.spec.lazy and s.idle and s not in needed_by
+                            and not any(d.lifecycle.running for d in s.dependents)),
+                           key=lambda s: s.last_request_at)
+        chosen = []
+        for victim in evictable:
+            if used + need <= budget:
+                break
+            chosen.append(victim)
+            used -= self.footprint_mb(victim)
+        if used + need > budget:
+            return (f"memory budget of {budget} MB: starting {slot.name} needs {need} MB, running agents use "
+                    f"{used + sum(self.footprint_mb(v) for v in chosen):.0f} MB and no idle lazy agent can be stopped "
+                    f"to make room")
+        for victim in chosen:
+            self.stop_agent(victim, f"evicted for {slot.name}: memory budget {budget} MB")
+        return None
+
+    # ---- reload
+    def reload(self, new: Profile, on_done: Callable[[dict], None]) -> None:
+        """Apply a new profile: start added agents, stop removed ones, restart changed ones; a changed
+        agent that does not become ready within its start timeout goes back to its previous spec."""
+        old = {name: slot.spec for name, slot in self.slots.items() if not slot.removed}
+        new_specs = new.by_name
+        added = [n for n in new_specs if n not in old]
+        removed = [n for n in old if n not in new_specs]
+        changed = [n for n in new_specs if n in old and new_specs[n] != old[n]]
+        self.profile = new
+        for name in added:
+            self.slots[name] = AgentSlot(Lifecycle(new_specs[name], self.rng))
+        for name in removed:
+            self.slots[name].removed = True
+            self.slots[name].wanted = False
+        for name in changed:
+            self.slots[name].lifecycle.spec = new_specs[name]
+        self._wire_dependencies()
+        for name in removed:
+            self._maybe_stop(self.slots[name])
+        result = {"profile": new.name, "added": added, "removed": removed, "changed": changed,
+                  "unchanged": len(new_specs) - len(added) - len(changed), "rolled_back": []}
+        logs.event(logs.DAEMON, "reload", f"profile {new.name}", added=",".join(added) or None,
+                   removed=",".join(removed) or None, changed=",".join(changed) or None)
+        pending = set()
+
+        def settled(name: str) -> None:
+            pending.discard(name)
+            if not pending:
+                on_done(result)
+
+        for name in changed:
+            slot = self.slots[name]
+            if not (slot.wanted or slot.lifecycle.running):
+                continue  # a stopped lazy agent simply starts with its new spec next time
+            pending.add(name)
+            self._restart_with_rollback(slot, old[name], result, settled)
+        for name in added:
+            if not new_specs[name].lazy:
+                self.want(self.slots[name])
+        if not pending:
+            on_done(result)
+
+    def _restart_with_rollback(self, slot: AgentSlot, previous: AgentSpec, result: dict,
+                               settled: Callable[[str], None]) -> None:
+        marker = slot.incarnation
+        budget = previous.stop_timeout_s + slot.spec.start_timeout_s + 1.0
+
+        def roll_back(why: str) -> None:
+            logs.event(slot.name, "rollback", why, "WARNING")
+            result["rolled_back"].append(slot.name)
+            slot.lifecycle.spec = previous
+            self._wire_dependencies()
+            self.timers.call_later(0.0, lambda: self.restart_agent(slot))  # outside the transition in progress
+            settled(slot.name)
+
+        def watch(s: AgentSlot, t: Transition) -> bool:
+            if s.incarnation <= marker:
+                return False  # still the old incarnation stopping
+            if t.new is State.READY:
+                self.timers.cancel(deadline)
+                settled(s.name)
+                return True
+            if t.old is State.STARTING:  # the new spec's process died or hung while starting
+                self.timers.cancel(deadline)
+                roll_back(f"new spec did not become ready: {t.reason}")
+                return True
+            return False
+
+        def too_late() -> None:
+            if watch in slot.watchers:
+                slot.watchers.remove(watch)
+                roll_back(f"new spec not ready within {budget:g}s")
+
+        deadline = self.timers.call_later(budget, too_late)
+        slot.watchers.append(watch)
+        slot.wanted = True
+        self._apply(slot, slot.lifecycle.restart(time.monotonic(), "profile reload"))
+
     # ---- status
     def daemon_state(self) -> str:
         if self.shutting_down:
@@ -330,12 +528,7 @@ class Supervisor:
 
     def agent_status(self, slot: AgentSlot, now: float) -> dict:
         proc = slot.process
-        rss = None
-        if proc is not None:
-            try:
-                rss = psutil.Process(proc.pid).memory_info().rss
-            except psutil.Error:
-                rss = None
+        rss = slot.rss = _rss(proc.pid) if proc is not None else None
         return {
             "name": slot.name,
             "state": slot.state.value,
@@ -352,6 +545,8 @@ class Supervisor:
             "reason": slot.lifecycle.reason,
             "inflight": len(slot.inflight),
             "queued": len(slot.queue),
+            "memory_mb": slot.spec.memory_mb,
+            "idle_s": round(now - slot.last_request_at, 3) if slot.spec.lazy and slot.idle else None,
         }
 
     def status(self) -> dict:
@@ -363,6 +558,8 @@ class Supervisor:
             "state": self.daemon_state(),
             "uptime_s": round(now - self.started_at, 3),
             "counts": self.counts(),
+            "memory": {"budget_mb": self.profile.memory_mb,
+                       "used_mb": round(sum(self.footprint_mb(s) for s in slots), 1)},
             "agents": [self.agent_status(s, now) for s in slots],
         }
 
