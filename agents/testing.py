@@ -19,8 +19,8 @@ class Echo(Agent):
     """Answers with what it is sent; ops to sleep, fail, crash, allocate, and call another agent."""
 
     def setup(self) -> None:
-        # config ballast_mb: memory held (and touched, so it is resident) like a model's weights
-        self.ballast: list[bytearray] = [bytearray(b"\x01" * (int(self.config.get("ballast_mb", 0)) << 20))]
+        self.ballast: list[bytearray] = []
+        self.handle_alloc(self.config.get("ballast_mb", 0))  # held like a model's weights
         delay = float(self.config.get("setup_s", 0))
         if delay:
             time.sleep(delay)
@@ -59,7 +59,8 @@ class Echo(Agent):
 
     def handle_alloc(self, body: Any) -> int:
         """Hold `body` more MiB (touched, so they count in RSS)."""
-        self.ballast.append(bytearray(b"\x01" * (int(body) << 20)))
+        for _ in range(int(body)):  # 1 MiB at a time: one huge C-level copy would hold the GIL for long
+            self.ballast.append(bytearray(b"\x01" * (1 << 20)))
         return sum(len(b) for b in self.ballast) >> 20
 
     def handle_relay(self, body: Any) -> Any:

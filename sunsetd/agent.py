@@ -377,6 +377,8 @@ class AgentRuntime:
                 self._send(Kind.HEARTBEAT)
                 next_beat = now + self.heartbeat_s
             if now - last_heard > self.liveness * self.heartbeat_s and self.stopping_since is None:
+                if self.sock.poll(0):
+                    continue  # we were the slow one (a handler held the GIL): read what the daemon sent
                 print(f"sunsetd silent for {now - last_heard:.2f}s: exiting", file=sys.stderr, flush=True)
                 return self._exit(EXIT_DAEMON_LOST, linger_ms=0)
         # clean stop: in-flight handlers are done (or out of grace); replies still queued in the inbox go out
