@@ -1,0 +1,129 @@
+"""Cold-start benchmark: from launching `sunsetd --profile P` until every essential agent is ready.
+
+Each run uses a fresh runtime directory and measures, from the moment just before the exec:
+  first answer   the first `status` reply (daemon imported, profile loaded and checked, sockets bound);
+  running/status the first `status` reply saying state == running (polled every --poll-ms, so it
+                 can be late by up to one poll interval);
+  running/log    the wall-clock stamp of the daemon's log line `ready all N essential agents ready`
+                 (1 ms resolution, no polling bias);
+  startup_ms     the daemon's own figure in that line: from the supervisor's creation (after the
+                 interpreter start, imports and profile load) to the last essential agent's READY;
+  stop           SIGTERM to the daemon's exit, every agent stopped.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _common as c  # noqa: E402
+from sunsetd.profile import ProfileError, load_profile  # noqa: E402
+
+READY_LINE = re.compile(r"^(\d\d):(\d\d):(\d\d)\.(\d{3}) .* ready all (\d+) essential agents ready startup_ms=(\d+)",
+                        re.M)
+
+
+def local_seconds(wall: float) -> float:
+    d = datetime.datetime.fromtimestamp(wall)
+    return d.hour * 3600 + d.minute * 60 + d.second + d.microsecond / 1e6
+
+
+def one_run(profile: str, poll_s: float, timeout: float) -> dict:
+    d = c.Daemon(profile, log_level="INFO")
+    result: dict = {}
+    try:
+        wall0 = time.time()
+        d.start()
+        t0 = d.launched_at
+        while True:
+            d.check_alive()
+            status = d.try_status(timeout=1.0)
+            now = time.monotonic()
+            if status is not None:
+                result.setdefault("first_answer", now - t0)
+                if status.get("state") == "running":
+                    result["running_status"] = now - t0
+                    break
+                if status.get("state") == "degraded":
+                    raise RuntimeError(f"daemon degraded during start: {status.get('counts')}")
+            if now - t0 > timeout:
+                raise RuntimeError(f"not running after {timeout}s; log:\n{d.log()[-3000:]}")
+            time.sleep(poll_s)
+        result["counts"] = status["counts"]
+        for _ in range(200):  # the line is written before the status that says running can be answered
+            m = READY_LINE.search(d.log())
+            if m:
+                break
+            time.sleep(0.005)
+        if m:
+            h, mi, s, milli = (int(x) for x in m.group(1, 2, 3, 4))
+            result["running_log"] = (h * 3600 + mi * 60 + s + milli / 1000 - local_seconds(wall0)) % 86400
+            result["startup_ms"] = int(m.group(6)) / 1000
+    finally:
+        result["stop"] = d.stop()
+    return result
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--profile", default="core", help="profile name or path (default core)")
+    ap.add_argument("--runs", type=int, default=5, help="cold starts to measure (default 5)")
+    ap.add_argument("--poll-ms", type=float, default=5.0, help="status poll interval (default 5 ms)")
+    ap.add_argument("--pause", type=float, default=1.0, help="seconds between runs (default 1)")
+    ap.add_argument("--timeout", type=float, default=60.0, help="give up on a run after this many seconds")
+    args = ap.parse_args()
+    c.print_header(f"sunsetd cold start: launch until every essential agent is ready (profile {args.profile})")
+    check = subprocess.run([*c.sunsetd_command(), "--profile", args.profile, "--check"], capture_output=True,
+                           text=True, cwd=c.REPO)
+    if check.returncode != 0:
+        print(f"`sunsetd --profile {args.profile} --check` exited {check.returncode}:\n{check.stderr}{check.stdout}")
+        return 2
+    try:
+        profile = load_profile(args.profile)
+    except ProfileError as exc:
+        print(exc)
+        return 2
+    counts = profile.counts()
+    print(f"profile {profile.name} ({profile.path}): {counts['total']} agents, {counts['essential']} essential, "
+          f"{counts['eager']} eager, {counts['lazy']} lazy; {len(profile.levels)} start levels "
+          f"(widest {max(len(level) for level in profile.levels)})")
+    print(f"launch: {' '.join(c.sunsetd_command())} --profile {args.profile} --runtime-dir /tmp/sd-XXXXXXXX "
+          f"--log-level INFO; {args.runs} runs, {args.pause:g}s apart, status polled every {args.poll_ms:g} ms\n",
+          flush=True)
+    runs = []
+    for i in range(args.runs):
+        if i:
+            time.sleep(args.pause)
+        r = one_run(args.profile, args.poll_ms / 1000, args.timeout)
+        runs.append(r)
+        print(f"run {i + 1}/{args.runs}: first answer {c.ms(r['first_answer'])} ms, running (status) "
+              f"{c.ms(r['running_status'])} ms, running (log) {c.ms(r.get('running_log', float('nan')), 0)} ms, "
+              f"daemon startup_ms {c.ms(r.get('startup_ms', float('nan')), 0)}, "
+              f"stop {c.ms(r['stop'] if r['stop'] is not None else float('nan'), 0)} ms; "
+              f"{r['counts']['essential_ready']}/{r['counts']['essential']} essential ready", flush=True)
+
+    def col(key: str) -> list[float]:
+        return [r[key] for r in runs if r.get(key) is not None]
+
+    print(f"\n## Cold start of profile {profile.name} ({counts['total']} agents, {counts['essential']} essential), "
+          f"{len(runs)} runs\n")
+    rows = []
+    for key, label in (("first_answer", "launch -> first status answer"),
+                       ("running_status", f"launch -> status says running (poll {args.poll_ms:g} ms)"),
+                       ("running_log", "launch -> `ready` log line"),
+                       ("startup_ms", "daemon's own startup_ms (supervisor start -> ready)"),
+                       ("stop", "SIGTERM -> daemon exited, all agents stopped")):
+        s = c.summary(col(key))
+        rows.append([label, s["n"], c.ms(s["p50"]), c.ms(s["p95"]), c.ms(s["min"]), c.ms(s["max"])])
+    print(c.table(["what", "n", "median ms", "p95 ms", "min ms", "max ms"], rows))
+    return 0
+
+
+if __name__ == "__main__":
+    c.run_main(main)
