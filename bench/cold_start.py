@@ -2,8 +2,9 @@
 
 Each run uses a fresh runtime directory and measures, from the moment just before the exec:
   first answer   the first `status` reply (daemon imported, profile loaded and checked, sockets bound);
-  running/status the first `status` reply saying state == running (polled every --poll-ms, so it
-                 can be late by up to one poll interval);
+  running/status a `status` reply saying state == running, asked as soon as the `ready` line is seen
+                 in the log (the log file is read every 2 ms; status is polled only until the first
+                 answer, every --poll-ms, so polling does not load the machine during the start);
   running/log    the wall-clock stamp of the daemon's log line `ready all N essential agents ready`
                  (1 ms resolution, no polling bias);
   startup_ms     the daemon's own figure in that line: from the supervisor's creation (after the
@@ -35,32 +36,47 @@ def local_seconds(wall: float) -> float:
 
 
 def one_run(profile: str, poll_s: float, timeout: float) -> dict:
+    """One cold start. To disturb the start as little as possible on a small machine, `status` is polled
+    only until the daemon first answers; then the log file is watched (cheap reads) for the `ready`
+    line, and one more `status` confirms the state is running."""
     d = c.Daemon(profile, log_level="INFO")
     result: dict = {}
     try:
         wall0 = time.time()
         d.start()
         t0 = d.launched_at
-        while True:
+        while True:  # phase 1: until the first status answer
             d.check_alive()
             status = d.try_status(timeout=1.0)
-            now = time.monotonic()
             if status is not None:
-                result.setdefault("first_answer", now - t0)
-                if status.get("state") == "running":
-                    result["running_status"] = now - t0
-                    break
-                if status.get("state") == "degraded":
-                    raise RuntimeError(f"daemon degraded during start: {status.get('counts')}")
-            if now - t0 > timeout:
-                raise RuntimeError(f"not running after {timeout}s; log:\n{d.log()[-3000:]}")
-            time.sleep(poll_s)
-        result["counts"] = status["counts"]
-        for _ in range(200):  # the line is written before the status that says running can be answered
-            m = READY_LINE.search(d.log())
-            if m:
+                result["first_answer"] = time.monotonic() - t0
                 break
-            time.sleep(0.005)
+            if time.monotonic() - t0 > timeout:
+                raise RuntimeError(f"no status answer after {timeout}s; log:\n{d.log()[-3000:]}")
+            time.sleep(poll_s)
+        text = ""
+        with open(d.log_path, errors="replace") as log:
+            while not (m := READY_LINE.search(text)):  # phase 2: until the `ready` line is in the log
+                d.check_alive()
+                if status.get("state") == "running":
+                    m = None
+                    break
+                chunk = log.read()
+                if chunk:
+                    text += chunk
+                    continue
+                if "degraded" in text or time.monotonic() - t0 > timeout:
+                    status = d.status()
+                    if status.get("state") != "running":
+                        raise RuntimeError(f"not running after {time.monotonic() - t0:.1f}s: {status.get('counts')}; "
+                                           f"log:\n{text[-3000:]}")
+                time.sleep(0.002)
+        status = d.status()
+        result["running_status"] = time.monotonic() - t0
+        if status.get("state") != "running":
+            raise RuntimeError(f"log says ready but status says {status.get('state')}: {status.get('counts')}")
+        result["counts"] = status["counts"]
+        m = m or READY_LINE.search(d.log())
         if m:
             h, mi, s, milli = (int(x) for x in m.group(1, 2, 3, 4))
             result["running_log"] = (h * 3600 + mi * 60 + s + milli / 1000 - local_seconds(wall0)) % 86400
@@ -94,7 +110,7 @@ def main() -> int:
           f"{counts['eager']} eager, {counts['lazy']} lazy; {len(profile.levels)} start levels "
           f"(widest {max(len(level) for level in profile.levels)})")
     print(f"launch: {' '.join(c.sunsetd_command())} --profile {args.profile} --runtime-dir /tmp/sd-XXXXXXXX "
-          f"--log-level INFO; {args.runs} runs, {args.pause:g}s apart, status polled every {args.poll_ms:g} ms\n",
+          f"--log-level INFO; {args.runs} runs, {args.pause:g}s apart, status polled every {args.poll_ms:g} ms until it answers, then the log watched\n",
           flush=True)
     runs = []
     for i in range(args.runs):
@@ -115,7 +131,7 @@ def main() -> int:
           f"{len(runs)} runs\n")
     rows = []
     for key, label in (("first_answer", "launch -> first status answer"),
-                       ("running_status", f"launch -> status says running (poll {args.poll_ms:g} ms)"),
+                       ("running_status", "launch -> status says running"),
                        ("running_log", "launch -> `ready` log line"),
                        ("startup_ms", "daemon's own startup_ms (supervisor start -> ready)"),
                        ("stop", "SIGTERM -> daemon exited, all agents stopped")):
