@@ -23,7 +23,8 @@ from sunsetd.protocol import ErrorCode
 from sunsetd.router import Router
 from sunsetd.spawner import ExecSpawner
 from sunsetd.supervisor import PendingRequest, Supervisor
-from sunsetd.timers import Timers
+from sunsetd.systemd import Notifier
+from sunsetd.timers import Timer, Timers
 
 EXIT_OK = 0
 EXIT_RUNTIME = 1  # runtime directory unusable, another daemon running
@@ -69,6 +70,8 @@ class Daemon:
         self.loop = EventLoop()
         self.stopping_since: float | None = None
         self.stop_budget_s = 0.0
+        self.notifier = Notifier()
+        self.status_timer: Timer | None = None
 
     # ---- signals, handled in the loop
     def handle_sigterm(self) -> None:
@@ -80,15 +83,36 @@ class Daemon:
     def handle_sighup(self) -> None:
         self.reload(None)
 
+    # ---- systemd
+    def status_text(self) -> str:
+        c = self.supervisor.counts()
+        return (f"{self.supervisor.daemon_state()}: {c['ready']}/{c['total']} agents ready, essential "
+                f"{c['essential_ready']}/{c['essential']}, {c['failed']} failed; profile {self.profile.name}")
+
+    def _status_changed(self) -> None:
+        # coalesce: a start of 77 agents makes hundreds of transitions, systemd needs a handful of updates
+        if self.notifier.enabled and self.status_timer is None:
+            self.status_timer = self.timers.call_later(0.1, self._send_status)
+
+    def _send_status(self) -> None:
+        self.status_timer = None
+        self.notifier.status(self.status_text())
+
+    def _watchdog(self) -> None:
+        self.notifier.watchdog()  # from a timer of the loop: a stuck loop stops pinging
+        self.timers.call_later(self.notifier.watchdog_every_s, self._watchdog)
+
     def reload(self, request: PendingRequest | None) -> None:
         """Re-read the profile and apply the difference; an invalid profile leaves everything as it is."""
         if self.stopping_since is not None:
             if request is not None:
                 self.router.fail(request, ErrorCode.SHUTTING_DOWN, "sunsetd is shutting down")
             return
+        self.notifier.reloading()
         try:
             new = load_profile(self.profile_arg)
         except ProfileError as exc:
+            self.notifier.ready(self.status_text())
             logs.event(logs.DAEMON, "reload", f"refused: {len(exc.errors)} error(s); running set untouched", "ERROR")
             for line in exc.errors:
                 logs.event(logs.DAEMON, "reload", line, "ERROR")
@@ -100,6 +124,7 @@ class Daemon:
 
         def done(result: dict) -> None:
             logs.event(logs.DAEMON, "reload", "done", rolled_back=",".join(result["rolled_back"]) or None)
+            self.notifier.ready(self.status_text())
             if request is not None:
                 self.router.answer(request, result)
 
@@ -124,6 +149,7 @@ class Daemon:
                     slot.process.signal_group(signal.SIGKILL)
             return
         self.stopping_since = time.monotonic()
+        self.notifier.stopping()
         self.stop_budget_s = self.supervisor.shutdown_budget_s()
         logs.event(logs.DAEMON, "shutdown", why, budget_s=f"{self.stop_budget_s:g}")
         self.router.begin_shutdown()
@@ -148,6 +174,10 @@ class Daemon:
         self.router = Router(ctx, self.runtime_dir, self.supervisor, self.timers)
         self.router.on_shutdown = lambda: self.begin_shutdown("shutdown requested")
         self.router.on_reload = self.reload
+        self.supervisor.on_ready = lambda: self.notifier.ready(self.status_text())
+        self.supervisor.on_change = self._status_changed
+        if self.notifier.watchdog_every_s:
+            self._watchdog()
         self.loop.watch(self.router.agents, self.router.on_agents_readable, first=True)
         self.loop.watch(self.router.front, self.router.on_front_readable)
         self._wakeup_r, wakeup_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -173,6 +203,7 @@ class Daemon:
             self.router.fail_all_pending()
         finally:
             signal.set_wakeup_fd(old_wakeup)
+            self.notifier.close()
             self.router.close()
             os.close(self._wakeup_r)
             os.close(wakeup_w)
@@ -190,6 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--runtime-dir", help="directory for sockets and the lock (default: see DESIGN §6)")
     parser.add_argument("--log-level", default=os.environ.get("SUNSETD_LOG_LEVEL", "INFO"),
                         choices=["TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR"])
+    parser.add_argument("--log-to", choices=["auto", "journal", "stderr"], default="auto",
+                        help="auto: journald (with fields) under systemd, else stderr")
     return parser
 
 
@@ -205,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         print(describe(profile))
         return EXIT_OK
-    logs.configure(args.log_level, profile.name)
+    logs.configure(args.log_level, profile.name, journal={"auto": None, "journal": True, "stderr": False}[args.log_to])
     return Daemon(profile, rundir.resolve(args.runtime_dir), args.profile).run()
 
 

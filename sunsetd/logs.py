@@ -5,17 +5,31 @@ journald sink can index them; on a terminal they read as a plain line.
 """
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
 from loguru import logger
 
+from sunsetd.journal import JOURNAL_SOCKET, JournalSink, under_systemd
+
 DAEMON = "sunsetd"  # the AGENT field of the daemon's own records
 
 
-def configure(level: str = "INFO", profile: str = "-") -> None:
+def configure(level: str = "INFO", profile: str = "-", journal: bool | None = None) -> str:
+    """Log to journald with fields when under systemd (or `journal` says so), else to stderr.
+    Returns where records go."""
     logger.remove()
     logger.configure(extra={"agent": DAEMON, "event": "-", "profile": profile, "incarnation": None, "pid": None})
+    if journal is None:
+        journal = under_systemd()
+    if journal:
+        try:
+            logger.add(JournalSink(os.environ.get("SUNSETD_JOURNAL_SOCKET", JOURNAL_SOCKET)), level=level,
+                       format="{message}")
+            return "journal"
+        except OSError:
+            pass  # no journald here: stderr it is
     logger.add(
         sys.stderr,
         level=level,
@@ -24,6 +38,7 @@ def configure(level: str = "INFO", profile: str = "-") -> None:
         backtrace=False,
         diagnose=False,
     )
+    return "stderr"
 
 
 def _fmt(value: Any) -> str:
