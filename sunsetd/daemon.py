@@ -18,6 +18,7 @@ from typing import Callable
 import zmq
 
 from sunsetd import logs, rundir
+from sunsetd.metrics import Metrics, parse_address
 from sunsetd.profile import Profile, ProfileError, describe, load_profile
 from sunsetd.protocol import ErrorCode
 from sunsetd.router import Router
@@ -61,7 +62,8 @@ class EventLoop:
 
 
 class Daemon:
-    def __init__(self, profile: Profile, runtime_dir: Path, profile_arg: str | None = None):
+    def __init__(self, profile: Profile, runtime_dir: Path, profile_arg: str | None = None,
+                 metrics_addr: tuple[str, int] | None = None):
         self.profile = profile
         self.profile_arg = profile_arg or str(profile.path)  # what a reload reads again
         self.runtime_dir = runtime_dir
@@ -71,6 +73,8 @@ class Daemon:
         self.stopping_since: float | None = None
         self.stop_budget_s = 0.0
         self.notifier = Notifier()
+        self.metrics = Metrics()
+        self.metrics_addr = metrics_addr
         self.status_timer: Timer | None = None
 
     # ---- signals, handled in the loop
@@ -90,13 +94,25 @@ class Daemon:
                 f"{c['essential_ready']}/{c['essential']}, {c['failed']} failed; profile {self.profile.name}")
 
     def _status_changed(self) -> None:
-        # coalesce: a start of 77 agents makes hundreds of transitions, systemd needs a handful of updates
-        if self.notifier.enabled and self.status_timer is None:
+        # coalesce: a start of 77 agents makes hundreds of transitions; systemd and the metrics snapshot
+        # need a handful of updates
+        if self.status_timer is None:
             self.status_timer = self.timers.call_later(0.1, self._send_status)
 
     def _send_status(self) -> None:
         self.status_timer = None
         self.notifier.status(self.status_text())
+        self._publish()
+
+    def _publish(self) -> None:
+        sup = self.supervisor
+        status = sup.status(fresh_rss=False)
+        status["router"] = dict(self.router.counters)
+        self.metrics.publish(status, healthy=sup.daemon_state() == "running")
+
+    def _publish_every_second(self) -> None:
+        self._publish()
+        self.timers.call_later(1.0, self._publish_every_second)
 
     def _watchdog(self) -> None:
         self.notifier.watchdog()  # from a timer of the loop: a stuck loop stops pinging
@@ -174,6 +190,17 @@ class Daemon:
         self.router = Router(ctx, self.runtime_dir, self.supervisor, self.timers)
         self.router.on_shutdown = lambda: self.begin_shutdown("shutdown requested")
         self.router.on_reload = self.reload
+        self.router.on_reply = self.metrics.observe_reply
+        self.supervisor.on_lazy_start = self.metrics.observe_lazy_start
+        if self.metrics_addr is not None:
+            try:
+                address = self.metrics.serve(*self.metrics_addr)
+                self.router.extra_status["metrics"] = f"http://{address}/metrics"
+                logs.event(logs.DAEMON, "metrics", f"serving http://{address}/metrics and /health")
+            except OSError as exc:
+                logs.event(logs.DAEMON, "metrics", f"cannot listen on {self.metrics_addr[0]}:{self.metrics_addr[1]}: "
+                           f"{exc.strerror}; running without metrics", "ERROR")
+        self._publish_every_second()
         self.supervisor.on_ready = lambda: self.notifier.ready(self.status_text())
         self.supervisor.on_change = self._status_changed
         if self.notifier.watchdog_every_s:
@@ -204,6 +231,7 @@ class Daemon:
         finally:
             signal.set_wakeup_fd(old_wakeup)
             self.notifier.close()
+            self.metrics.close()
             self.router.close()
             os.close(self._wakeup_r)
             os.close(wakeup_w)
@@ -221,13 +249,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--runtime-dir", help="directory for sockets and the lock (default: see DESIGN §6)")
     parser.add_argument("--log-level", default=os.environ.get("SUNSETD_LOG_LEVEL", "INFO"),
                         choices=["TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR"])
+    parser.add_argument("--metrics-addr", default="127.0.0.1:9464",
+                        help="HOST:PORT for Prometheus /metrics and /health, or off (default: 127.0.0.1:9464)")
     parser.add_argument("--log-to", choices=["auto", "journal", "stderr"], default="auto",
                         help="auto: journald (with fields) under systemd, else stderr")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        metrics_addr = parse_address(args.metrics_addr)
+    except ValueError as exc:
+        parser.error(str(exc))
     try:
         profile = load_profile(args.profile)
     except ProfileError as exc:
@@ -239,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         print(describe(profile))
         return EXIT_OK
     logs.configure(args.log_level, profile.name, journal={"auto": None, "journal": True, "stderr": False}[args.log_to])
-    return Daemon(profile, rundir.resolve(args.runtime_dir), args.profile).run()
+    return Daemon(profile, rundir.resolve(args.runtime_dir), args.profile, metrics_addr).run()
 
 
 if __name__ == "__main__":

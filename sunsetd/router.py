@@ -50,8 +50,10 @@ class Router:
         self.replies: Counter[str] = Counter()  # "ok" or error code -> replies sent
         self.counters: Counter[str] = Counter()  # bad frames, late replies, stale messages, ...
         self.shutting_down = False
+        self.extra_status: dict[str, Any] = {}  # added to every status reply (e.g. the metrics address)
         self.on_shutdown: Callable[[], None] | None = None
         self.on_reload: Callable[[PendingRequest], None] | None = None
+        self.on_reply: Callable[[str, str, float], None] | None = None  # (agent, code, seconds): metrics
         supervisor.listener = self
 
     def close(self) -> None:
@@ -63,7 +65,10 @@ class Router:
         if self.pending.pop(p.rid, None) is None:
             return  # already answered
         self.timers.cancel(p.timer)
-        self.replies["ok" if reply["ok"] else reply["error"]["code"]] += 1
+        code = "ok" if reply["ok"] else reply["error"]["code"]
+        self.replies[code] += 1
+        if self.on_reply is not None:
+            self.on_reply(p.to, code, time.monotonic() - p.received_at)
         self._send_front(p.envelope, reply)
 
     def fail(self, p: PendingRequest, code: ErrorCode, message: str) -> None:
@@ -285,6 +290,7 @@ class Router:
         if p.op == "status":
             status = sup.status()
             status["router"] = {"pending": len(self.pending), "replies": dict(self.replies), **self.counters}
+            status.update(self.extra_status)
             self._finish(p, protocol.ok_reply(p.client_id, status))
             return
         if p.op == "shutdown":

@@ -84,6 +84,7 @@ class AgentSlot:
     heartbeat_misses: int = 0
     last_request_at: float = 0.0
     rss: int | None = None  # bytes, sampled about once a second
+    lazy_start_at: float | None = None  # when a request started this lazy agent, until it is ready
     deadline_timer: Timer | None = None
     heartbeat_timer: Timer | None = None
     inflight: dict[int, PendingRequest] = field(default_factory=dict)
@@ -126,6 +127,7 @@ class Supervisor:
         self.all_essential_ready_at: float | None = None
         self.on_ready: Callable[[], None] | None = None  # all essential agents ready for the first time
         self.on_change: Callable[[], None] | None = None  # any state change (status text for systemd)
+        self.on_lazy_start: Callable[[str, float], None] | None = None  # (agent, seconds to ready): metrics
 
     def _wire_dependencies(self) -> None:
         """Dependencies from the specs. Slots being removed by a reload keep theirs, so they still stop
@@ -198,6 +200,8 @@ class Supervisor:
             if refusal is not None:
                 logs.event(slot.name, "budget", refusal, "WARNING")
                 return refusal
+        if slot.spec.lazy and not slot.lifecycle.running and slot.lazy_start_at is None:
+            slot.lazy_start_at = time.monotonic()
         self.want(slot)
         if slot.state in (State.FAILED, State.BACKOFF, State.STOPPING):
             self._apply(slot, slot.lifecycle.start(time.monotonic(), reason))
@@ -238,10 +242,16 @@ class Supervisor:
             self.listener.on_transition(slot, t)
         if t.new is State.READY:
             slot.last_request_at = max(slot.last_request_at, time.monotonic())  # idle time counts from ready
+            if slot.lazy_start_at is not None:
+                if self.on_lazy_start is not None:
+                    self.on_lazy_start(slot.name, time.monotonic() - slot.lazy_start_at)
+                slot.lazy_start_at = None
             for dependent in slot.dependents:
                 self._maybe_start(dependent)
             self._check_all_ready()
-        elif t.new is State.STOPPED:
+        elif t.new in (State.STOPPED, State.FAILED):
+            slot.lazy_start_at = None
+        if t.new is State.STOPPED:
             if t.old is not State.STOPPING:
                 slot.wanted = False  # it exited and its restart mode says stay stopped
             if slot.removed and self.slots.get(slot.name) is slot:
@@ -526,9 +536,11 @@ class Supervisor:
             return "degraded"
         return "starting" if self.all_essential_ready_at is None else "running"
 
-    def agent_status(self, slot: AgentSlot, now: float) -> dict:
+    def agent_status(self, slot: AgentSlot, now: float, fresh_rss: bool = True) -> dict:
         proc = slot.process
-        rss = slot.rss = _rss(proc.pid) if proc is not None else None
+        if fresh_rss:
+            slot.rss = _rss(proc.pid) if proc is not None else None
+        rss = slot.rss if proc is not None else None
         return {
             "name": slot.name,
             "state": slot.state.value,
@@ -549,7 +561,7 @@ class Supervisor:
             "idle_s": round(now - slot.last_request_at, 3) if slot.spec.lazy and slot.idle else None,
         }
 
-    def status(self) -> dict:
+    def status(self, fresh_rss: bool = True) -> dict:
         now = time.monotonic()
         slots = self.slots.values()
         return {
@@ -560,7 +572,7 @@ class Supervisor:
             "counts": self.counts(),
             "memory": {"budget_mb": self.profile.memory_mb,
                        "used_mb": round(sum(self.footprint_mb(s) for s in slots), 1)},
-            "agents": [self.agent_status(s, now) for s in slots],
+            "agents": [self.agent_status(s, now, fresh_rss) for s in slots],
         }
 
     def counts(self) -> dict[str, int]:
