@@ -78,6 +78,19 @@ def machine_info() -> dict[str, str]:
     }
 
 
+def source_version() -> str:
+    """The commit the daemon's code comes from, and whether sunsetd/, agents/ or profiles/ differ from it."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                              timeout=5).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "sunsetd", "agents", "profiles"], cwd=REPO,
+                               capture_output=True, text=True, timeout=5).stdout.splitlines()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return f"{head or 'unknown'}" + (f" + uncommitted changes in {len(dirty)} file(s) of sunsetd/, agents/, profiles/"
+                                     if dirty else "")
+
+
 def print_header(title: str) -> None:
     exe = sys.executable
     if exe.startswith(os.getcwd() + os.sep):
@@ -87,6 +100,7 @@ def print_header(title: str) -> None:
     print(f"cwd:     {os.getcwd()}")
     for k, v in machine_info().items():
         print(f"{k + ':':<8} {v}")
+    print(f"source:  {source_version()}")
     print(flush=True)
 
 

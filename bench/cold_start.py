@@ -9,13 +9,15 @@ Each run uses a fresh runtime directory and measures, from the moment just befor
                  (1 ms resolution, no polling bias);
   startup_ms     the daemon's own figure in that line: from the supervisor's creation (after the
                  interpreter start, imports and profile load) to the last essential agent's READY;
-  stop           SIGTERM to the daemon's exit, every agent stopped.
+  stop           SIGTERM to the daemon's exit, every agent stopped; from the log, split into the
+                 reverse-order stop of the agents and what the daemon does after the last one exited.
 """
 from __future__ import annotations
 
 import argparse
 import datetime
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -35,11 +37,61 @@ def local_seconds(wall: float) -> float:
     return d.hour * 3600 + d.minute * 60 + d.second + d.microsecond / 1e6
 
 
-def one_run(profile: str, poll_s: float, timeout: float) -> dict:
+LOG_LINE = re.compile(r"^(\d\d):(\d\d):(\d\d)\.(\d{3}) +\w+ +(\S+) +(\S+) ?(.*)$")
+
+
+def log_times(text: str, wall0: float) -> list[tuple[float, str, str, str]]:
+    """(ms since launch, agent, event, rest) of every log line."""
+    base = local_seconds(wall0)
+    out = []
+    for line in text.splitlines():
+        m = LOG_LINE.match(line)
+        if m:
+            h, mi, s, milli = (int(x) for x in m.group(1, 2, 3, 4))
+            t = ((h * 3600 + mi * 60 + s + milli / 1000 - base) % 86400) * 1000
+            out.append((t, m.group(5), m.group(6), m.group(7)))
+    return out
+
+
+def critical_path(events: list[tuple[float, str, str, str]], profile) -> list[tuple[str, float, float]]:
+    """The chain of starts that gated readiness, from the log: the last essential agent to become ready,
+    then the dependency whose READY let it start, and so on. [(agent, spawned at ms, ready at ms)]."""
+    spawned: dict[str, float] = {}
+    ready: dict[str, float] = {}
+    for t, agent, event, rest in events:
+        if event == "spawn" and agent not in spawned:
+            spawned[agent] = t
+        elif event == "state" and rest.startswith("starting -> ready") and agent not in ready:
+            ready[agent] = t
+    essential = [a.name for a in profile.agents if a.essential and a.name in ready]
+    if not essential:
+        return []
+    name = max(essential, key=lambda n: ready[n])
+    chain = []
+    while name is not None and name in spawned:
+        chain.append((name, spawned[name], ready[name]))
+        deps = [d for d in profile.agent(name).depends_on if d in ready]
+        name = max(deps, key=lambda d: ready[d]) if deps else None
+    return chain[::-1]
+
+
+def slow_stop_lines(events: list[tuple[float, str, str, str]], gap_ms: float = 200.0) -> list[str]:
+    """Log lines after the shutdown began that came more than gap_ms after the line before them."""
+    out, prev, stopping = [], None, False
+    for t, agent, event, rest in events:
+        stopping = stopping or (agent == "sunsetd" and event == "shutdown")
+        if stopping and prev is not None and t - prev > gap_ms:
+            out.append(f"+{t - prev:.0f} ms before: {agent} {event} {rest[:120]}")
+        if stopping:
+            prev = t
+    return out
+
+
+def one_run(profile_name: str, profile, poll_s: float, timeout: float) -> dict:
     """One cold start. To disturb the start as little as possible on a small machine, `status` is polled
     only until the daemon first answers; then the log file is watched (cheap reads) for the `ready`
     line, and one more `status` confirms the state is running."""
-    d = c.Daemon(profile, log_level="INFO")
+    d = c.Daemon(profile_name, log_level="INFO")
     result: dict = {}
     try:
         wall0 = time.time()
@@ -82,7 +134,19 @@ def one_run(profile: str, poll_s: float, timeout: float) -> dict:
             result["running_log"] = (h * 3600 + mi * 60 + s + milli / 1000 - local_seconds(wall0)) % 86400
             result["startup_ms"] = int(m.group(6)) / 1000
     finally:
+        d.keep_dir = True
         result["stop"] = d.stop()
+        events = log_times(d.log(), wall0)
+        shutil.rmtree(d.runtime_dir, ignore_errors=True)
+    result["chain"] = critical_path(events, profile)
+    t_shutdown = next((t for t, agent, ev, _ in events if agent == "sunsetd" and ev == "shutdown"), None)
+    t_exit = next((t for t, agent, ev, _ in events if agent == "sunsetd" and ev == "exit"), None)
+    agent_exits = [t for t, agent, ev, _ in events if agent != "sunsetd" and ev == "exit"]
+    if None not in (t_shutdown, t_exit) and agent_exits:
+        result["stop_agents"] = (max(agent_exits) - t_shutdown) / 1000
+        result["stop_after_agents"] = (t_exit - max(agent_exits)) / 1000
+    if result["stop"] is None or result["stop"] > 1.0:
+        result["slow_stop"] = slow_stop_lines(events)
     return result
 
 
@@ -116,13 +180,24 @@ def main() -> int:
     for i in range(args.runs):
         if i:
             time.sleep(args.pause)
-        r = one_run(args.profile, args.poll_ms / 1000, args.timeout)
+        r = one_run(args.profile, profile, args.poll_ms / 1000, args.timeout)
         runs.append(r)
         print(f"run {i + 1}/{args.runs}: first answer {c.ms(r['first_answer'])} ms, running (status) "
               f"{c.ms(r['running_status'])} ms, running (log) {c.ms(r.get('running_log', float('nan')), 0)} ms, "
               f"daemon startup_ms {c.ms(r.get('startup_ms', float('nan')), 0)}, "
               f"stop {c.ms(r['stop'] if r['stop'] is not None else float('nan'), 0)} ms; "
               f"{r['counts']['essential_ready']}/{r['counts']['essential']} essential ready", flush=True)
+        chain = r["chain"]
+        if chain:
+            starts = sum(ready - spawned for _, spawned, ready in chain)
+            print(f"  critical path ({len(chain)} starts in sequence, spawn -> READY ms each): "
+                  + " -> ".join(f"{n} {ready - spawned:.0f}" for n, spawned, ready in chain)
+                  + f"; sum {starts:.0f} ms; first spawn at +{chain[0][1]:.0f} ms, gaps between a READY and "
+                  f"the next spawn {sum(b[1] - a[2] for a, b in zip(chain, chain[1:])):.0f} ms in all")
+            r["chain_starts"] = starts / 1000
+            r["first_spawn"] = chain[0][1] / 1000
+        for line in r.get("slow_stop", []):
+            print(f"  slow stop: {line}")
 
     def col(key: str) -> list[float]:
         return [r[key] for r in runs if r.get(key) is not None]
@@ -134,7 +209,11 @@ def main() -> int:
                        ("running_status", "launch -> status says running"),
                        ("running_log", "launch -> `ready` log line"),
                        ("startup_ms", "daemon's own startup_ms (supervisor start -> ready)"),
-                       ("stop", "SIGTERM -> daemon exited, all agents stopped")):
+                       ("first_spawn", "launch -> first agent spawned (log)"),
+                       ("chain_starts", "sum of agent starts on the critical path (log)"),
+                       ("stop", "SIGTERM -> daemon exited, all agents stopped"),
+                       ("stop_agents", "  shutdown -> last agent exit seen (log)"),
+                       ("stop_after_agents", "  last agent exit -> daemon's `exit` line (log)")):
         s = c.summary(col(key))
         rows.append([label, s["n"], c.ms(s["p50"]), c.ms(s["p95"]), c.ms(s["min"]), c.ms(s["max"])])
     print(c.table(["what", "n", "median ms", "p95 ms", "min ms", "max ms"], rows))
