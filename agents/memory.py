@@ -29,8 +29,10 @@ _WORD = re.compile(r"[a-z0-9]+")
 
 def stem(word: str) -> str:
     """A light suffix stripper: enough for 'agents'/'agent' and 'restarted'/'restart' to meet."""
+    if word.endswith(("ss", "is", "us")):  # class, analysis, status: not plurals
+        return word
     for suffix in ("ing", "ed", "es", "s"):
-        if word.endswith(suffix) and not word.endswith("ss") and len(word) - len(suffix) >= 3:
+        if word.endswith(suffix) and len(word) - len(suffix) >= 3:
             return word[: -len(suffix)]
     return word
 
@@ -320,7 +322,8 @@ class SessionMemoryAgent(CatalogAgent):
         k = field(body, "k", int, 5)
         turns = [i["value"] for i in self.call(MEMORY, "list", {"ns": ns}, timeout=2.0)["items"]]
         intents = Counter(t["intent"] for t in turns if t["role"] == "user")
-        words = Counter(w for t in turns if t["role"] == "user" for w in terms(t["text"]) if len(w) > 2)
+        words = Counter(w for t in turns if t["role"] == "user" for w in _WORD.findall(t["text"].lower())
+                        if len(w) > 2 and w not in STOPWORDS)
         topics = [w for w, _ in sorted(words.items(), key=lambda wc: (-wc[1], wc[0]))[:5]]
         top_intent = min(intents, key=lambda i: (-intents[i], i)) if intents else None
         summary = (f"{len(turns)} turns; mostly {top_intent}; topics: {', '.join(topics) or '-'}"
