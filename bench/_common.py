@@ -250,13 +250,13 @@ def wait_gone(runtime_dir: Path, timeout: float = 5.0) -> list[int]:
     return [p.pid for p in procs]
 
 
-def time_command(argv: list[str], runs: int, env: dict | None = None) -> list[float]:
+def time_command(argv: list[str], runs: int, env: dict | None = None, warmup: bool = True) -> list[float]:
     """Wall-clock seconds of each of `runs` executions of argv (fork+exec to exit), after one warm-up."""
     out = []
-    for i in range(runs + 1):
+    for i in range(runs + warmup):
         t0 = time.perf_counter()
         subprocess.run(argv, check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env=env, cwd=REPO)
-        if i:
+        if i or not warmup:
             out.append(time.perf_counter() - t0)
     return out
 

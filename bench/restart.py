@@ -101,7 +101,28 @@ def main() -> int:
     if spec.stable_s > args.gap:
         print(f"NOTE: stable_s {spec.stable_s:g} > gap {args.gap:g}s: kills after the first hit jittered backoff")
     print(f"{args.kills} kills, {args.gap:g}s after each answer; probes: `pid` with timeout "
-          f"{args.probe_timeout * 1000:g} ms, re-sent until a new pid answers\n", flush=True)
+          f"{args.probe_timeout * 1000:g} ms, re-sent until a new pid answers")
+    print(f"floors: fork+exec+exit of a fresh interpreter ({sys.executable}), one run of each in each of the "
+          f"first {args.floor_runs} waits between kills, after one warm-up\n", flush=True)
+
+    floors = {
+        'python -c "pass"': [sys.executable, "-c", "pass"],
+        'python -c "import zmq, msgpack"': [sys.executable, "-c", "import zmq, msgpack"],
+        'python -c "import sunsetd.agent, agents.testing, zmq"':
+            [sys.executable, "-c", "import sunsetd.agent, agents.testing, zmq"],
+    }
+    floor_times: dict[str, list[float]] = {name: [] for name in floors}
+    for argv in floors.values():
+        c.time_command(argv, 0)  # warm-up: page cache, and the first start of each is not counted
+
+    def idle(seconds: float) -> None:
+        """Wait between kills; the first --floor-runs waits also time one run of each floor command, so the
+        floors are measured under the same load as the restarts."""
+        t0 = time.perf_counter()
+        if len(next(iter(floor_times.values()))) < args.floor_runs:
+            for name, argv in floors.items():
+                floor_times[name] += c.time_command(argv, 1, warmup=False)
+        time.sleep(max(0.0, seconds - (time.perf_counter() - t0)))
 
     totals: list[float] = []
     kills: list[tuple[float, float, int, int]] = []  # (kill wall time, answer wall time, old pid, new pid)
@@ -111,7 +132,7 @@ def main() -> int:
         client = daemon.client
         pid = client.call(args.agent, "pid", timeout=5)
         for i in range(args.kills):
-            time.sleep(args.gap)
+            idle(args.gap)
             wall0 = time.time()
             t0 = time.perf_counter()
             os.kill(pid, signal.SIGKILL)
@@ -144,14 +165,9 @@ def main() -> int:
         phases["spawned -> ready"].append(ready_t - spawn_t)
         phases["ready -> answered"].append(a - ready_t)
 
-    print("\ninterpreter-start floors (fork+exec+exit of a fresh interpreter, after 1 warm-up):", flush=True)
-    floors = {
-        'python -c "pass"': [sys.executable, "-c", "pass"],
-        'python -c "import zmq, msgpack"': [sys.executable, "-c", "import zmq, msgpack"],
-        'python -c "import sunsetd.agent, agents.testing, zmq"':
-            [sys.executable, "-c", "import sunsetd.agent, agents.testing, zmq"],
-    }
-    floor_stats = {name: c.summary(c.time_command(argv, args.floor_runs)) for name, argv in floors.items()}
+    while len(next(iter(floor_times.values()))) < args.floor_runs:  # fewer kills than floor runs
+        idle(0)
+    floor_stats = {name: c.summary(xs) for name, xs in floor_times.items()}
 
     s = c.summary(totals)
     print(f"\n## SIGKILL -> replacement answers ({len(totals)} kills; policy: stable_s={spec.stable_s:g}, "
