@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-import sqlite3
 import threading
 from collections import Counter
 from typing import Any
@@ -64,6 +63,8 @@ class MemoryClient(CatalogAgent):
     CAPABILITIES = ("memory.store", "memory.search")
 
     def setup(self) -> None:
+        import sqlite3  # here, so that KnowledgeBase and SessionMemoryAgent do not load it (start time, RSS)
+
         self.lock = threading.Lock()  # setup and handlers run on different threads
         self.db = sqlite3.connect(self.config.get("database", ":memory:"), check_same_thread=False,
                                   isolation_level=None)

@@ -369,6 +369,7 @@ class StreamingSpeechRecognition(CatalogAgent):
         self.hold_weights()
         self.wake_words = [w.lower() for w in self.config.get("wake_words", ["sunset"])]
         self.end_silence_ms = int(self.config.get("end_silence_ms", 300))
+        self.max_utterance_ms = int(self.config.get("max_utterance_ms", 15_000))  # within a request's 1 MiB
         self.streams: dict[str, dict] = {}
         super().setup()
 
@@ -402,6 +403,9 @@ class StreamingSpeechRecognition(CatalogAgent):
                 state["silence"] += 1
                 if state["silence"] * frame_ms >= self.end_silence_ms:
                     finals.append(self._finish(state))
+                    continue
+            if state["speaking"] and len(state["buf"]) >= 2 * RATE * self.max_utterance_ms // 1000:
+                finals.append(self._finish(state))  # nobody stops talking for ever: cut, do not grow
         return {"stream": stream, "final": finals, "speaking": state["speaking"],
                 "buffered_ms": len(state["buf"]) * 1000 // (2 * RATE)}
 
@@ -433,6 +437,7 @@ class TTSService(ModelBacked):
         self.tables = {c: to_pcm(tone(symbol_hz(i), SYMBOL_SAMPLES, amp)) + bytes(2 * GAP_SAMPLES)
                        for i, c in enumerate(SYMBOLS)}
         self.space = bytes(2 * SPACE_SAMPLES)
+        self.max_chars = int(self.config.get("max_chars", 500))  # 25 s at most: the reply stays under 1 MiB
         super().setup()
 
     def synthesize(self, text: str, pad_ms: int = 0) -> tuple[str, bytes]:
@@ -444,6 +449,9 @@ class TTSService(ModelBacked):
         """{text, pad_ms?} -> {text (as spoken), pcm, rate, samples, duration_ms}."""
         text = body if isinstance(body, str) else field(body, "text", str)
         pad_ms = field(body, "pad_ms", int, 0) if isinstance(body, dict) else 0
+        if len(text) > self.max_chars:
+            raise BadRequest(f"text of {len(text)} characters is over the {self.max_chars}-character limit; "
+                             f"split it (StreamingTTSAgent does, by phrase)")
         spoken, pcm = self.synthesize(text, max(0, min(pad_ms, 5000)))
         if not spoken:
             raise BadRequest("nothing to say: the text has no letters or digits")

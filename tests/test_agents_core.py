@@ -390,6 +390,7 @@ def test_tts_synthesizes_the_tone_code_and_counts_model_use(core):
     assert model(core, TTS_MODEL)["uses"] == uses + 2  # each synthesis is a use in ModelManagerSuite
     assert core.call("TTSService", "alphabet")["a"] == 400.0
     assert error_code(core.call, "TTSService", "synthesize", {"text": "!!!"}) == "bad_request"
+    assert error_code(core.call, "TTSService", "synthesize", {"text": "la " * 200}) == "bad_request"  # over max_chars
 
 
 def test_stt_transcribes_what_tts_says(core):
