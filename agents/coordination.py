@@ -164,7 +164,8 @@ class ModelManagerSuite(CatalogAgent):
                               "last_used_at": time.monotonic()}
         over = self._used_mb() > self.budget_mb
         if over:
-            self.log(f"{owner} pinned {model} ({mb} MB): {self._used_mb()} MB used, over the {self.budget_mb} MB budget")
+            self.log(f"{owner} pinned {model} ({mb} MB): {self._used_mb()} MB used, "
+                     f"over the {self.budget_mb} MB budget")
         return {"model": model, "pinned": True, "used_mb": self._used_mb(), "over_budget": over}
 
     def handle_route(self, body: Any) -> dict:

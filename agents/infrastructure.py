@@ -392,7 +392,8 @@ class SystemDigitalTwin(CatalogAgent):
         metrics = {
             "mem_total_mb": round(total_mb, 1), "mem_available_mb": round(avail_mb, 1),
             "mem_available_pct": round(100.0 * avail_mb / total_mb, 1) if total_mb else 0.0,
-            "load1": load1, "cpus": os.cpu_count() or 1, "agents_running": sum(a.get("pid") is not None for a in agents),
+            "load1": load1, "cpus": os.cpu_count() or 1,
+            "agents_running": sum(a.get("pid") is not None for a in agents),
             "agents_rss_mb": round(rss_mb, 1),
         }
         for key in ("mem_available_mb", "agents_rss_mb", "load1"):

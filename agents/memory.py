@@ -56,8 +56,9 @@ class MemoryClient(CatalogAgent):
 
     Real: an SQLite database (`config.database`, `:memory:` by default) holding msgpack values per
     (namespace, key), with prefix listing, ordered appends, word search over the values' text and usage
-    figures whose growth SystemDigitalTwin forecasts. Stands in: nothing. In the full profile the store
-    belongs to MemoryOrchestratorService; in core this agent keeps it itself.
+    figures whose growth SystemDigitalTwin forecasts. An in-memory store is emptied by a restart of this
+    agent; a file path keeps it. Stands in: nothing. In the full profile the store belongs to
+    MemoryOrchestratorService; in core this agent keeps it itself.
     """
 
     CAPABILITIES = ("memory.store", "memory.search")

@@ -423,7 +423,7 @@ class TTSService(ModelBacked):
     """Text to speech.
 
     Real: text normalisation and synthesis of the tone code (one raised-cosine-edged 40 ms tone per
-    symbol from precomputed wavetables, gaps between symbols and words) as 16 kHz PCM, which STTService
+    symbol from wavetables made on first use, gaps between symbols and words) as 16 kHz PCM, which STTService
     decodes back. The model is admitted by SystemDigitalTwin, pinned in ModelManagerSuite, and each
     synthesis counts as one use. Stands in: the tone code for a voice, `weights_mb` for a vocoder's weights.
     """
@@ -433,16 +433,22 @@ class TTSService(ModelBacked):
 
     def setup(self) -> None:
         self.load_model()
-        amp = float(self.config.get("amplitude", 0.3))
-        self.tables = {c: to_pcm(tone(symbol_hz(i), SYMBOL_SAMPLES, amp)) + bytes(2 * GAP_SAMPLES)
-                       for i, c in enumerate(SYMBOLS)}
+        self.amplitude = float(self.config.get("amplitude", 0.3))
+        self.tables: dict[str, bytes] = {}  # symbol -> its tone and gap, made on first use (not at start)
         self.space = bytes(2 * SPACE_SAMPLES)
         self.max_chars = int(self.config.get("max_chars", 500))  # 25 s at most: the reply stays under 1 MiB
         super().setup()
 
+    def _table(self, symbol: str) -> bytes:
+        pcm = self.tables.get(symbol)
+        if pcm is None:
+            pcm = self.tables[symbol] = to_pcm(tone(symbol_hz(SYMBOLS.index(symbol)), SYMBOL_SAMPLES,
+                                                    self.amplitude)) + bytes(2 * GAP_SAMPLES)
+        return pcm
+
     def synthesize(self, text: str, pad_ms: int = 0) -> tuple[str, bytes]:
         spoken = normalize_text(text)
-        pcm = self.space.join(b"".join(self.tables[c] for c in word) for word in spoken.split(" ") if word)
+        pcm = self.space.join(b"".join(self._table(c) for c in word) for word in spoken.split(" ") if word)
         return spoken, pcm + bytes(2 * (RATE * pad_ms // 1000))
 
     def handle_synthesize(self, body: Any) -> dict:
