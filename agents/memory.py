@@ -5,7 +5,6 @@ through sunsetd, so a restart of either loses nothing.
 """
 from __future__ import annotations
 
-import hashlib
 import math
 import re
 import threading
@@ -213,6 +212,8 @@ class KnowledgeBase(CatalogAgent):
 
     @staticmethod
     def _id(fact: str) -> str:
+        import hashlib  # here: it loads OpenSSL (about 4 MB), which the other agents of this module do not need
+
         return hashlib.sha1(" ".join(fact.lower().split()).encode()).hexdigest()[:12]
 
     def _index(self, doc_id: str, fact: str) -> None:
