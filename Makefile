@@ -5,7 +5,17 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PROFILE ?= core
 
-.PHONY: run test lint clean bench
+# `make install` (root): the system's Python, not a user's (pyenv, conda): the service must not depend
+# on anybody's home directory. INSTALL_FROM and PIP_INSTALL_OPTS allow an offline install from wheels.
+PREFIX ?= /opt/sunsetd
+SYSPYTHON ?= /usr/bin/python3
+INSTALL_FROM ?= .
+PIP_INSTALL_OPTS ?=
+UNITDIR ?= /etc/systemd/system
+# Metrics ports of the template's instances (the core service uses 9464).
+INSTANCE_PORTS := vision:9465 tutoring:9466 learning:9467 full:9468
+
+.PHONY: run test lint clean bench install uninstall
 
 $(STAMP): setup.cfg setup.py pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,3 +41,29 @@ bench: $(STAMP)
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+
+install:
+	@[ "$$(id -u)" = 0 ] || { echo "make install: needs root"; exit 1; }
+	getent group sunsetd >/dev/null || groupadd --system sunsetd
+	getent passwd sunsetd >/dev/null || useradd --system --gid sunsetd --home-dir /var/lib/sunsetd \
+		--no-create-home --shell /usr/sbin/nologin sunsetd
+	[ -x $(PREFIX)/venv/bin/python ] || $(SYSPYTHON) -m venv $(PREFIX)/venv
+	$(PREFIX)/venv/bin/pip install -q --disable-pip-version-check $(PIP_INSTALL_OPTS) --upgrade $(INSTALL_FROM)
+	install -d -m 0755 /etc/sunsetd /etc/sunsetd/profiles
+	install -m 0644 profiles/*.yaml /etc/sunsetd/profiles/
+	install -m 0644 README.md $(PREFIX)/README.md
+	for pair in $(INSTANCE_PORTS); do f=/etc/sunsetd/$${pair%%:*}.env; \
+		[ -e $$f ] || echo "SUNSETD_METRICS_ADDR=127.0.0.1:$${pair##*:}" > $$f; done
+	install -m 0644 systemd/sunsetd.service systemd/sunsetd@.service $(UNITDIR)/
+	! [ -d /run/systemd/system ] || systemctl daemon-reload
+	@echo "installed: $(PREFIX), /etc/sunsetd, $(UNITDIR)/sunsetd.service and sunsetd@.service; now: systemctl start sunsetd"
+
+uninstall:
+	@[ "$$(id -u)" = 0 ] || { echo "make uninstall: needs root"; exit 1; }
+	! [ -d /run/systemd/system ] || systemctl disable --now sunsetd.service 2>/dev/null || true
+	rm -f $(UNITDIR)/sunsetd.service $(UNITDIR)/sunsetd@.service
+	! [ -d /run/systemd/system ] || systemctl daemon-reload
+	rm -rf $(PREFIX) /etc/sunsetd
+	! getent passwd sunsetd >/dev/null || userdel sunsetd
+	! getent group sunsetd >/dev/null || groupdel sunsetd
+	@echo "uninstalled (state in /var/lib/sunsetd, if any, is left for you to remove)"
