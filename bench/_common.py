@@ -266,8 +266,10 @@ def ms(x: float, digits: int = 1) -> str:
 
 
 def run_main(main: Callable[[], int]) -> None:
+    """Run a benchmark's main; end with the load average, since other work on the machine skews figures."""
     try:
         code = main()
     except KeyboardInterrupt:
         code = 130
+    print(f"\nloadavg at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     sys.exit(code)
