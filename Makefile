@@ -15,7 +15,7 @@ UNITDIR ?= /etc/systemd/system
 # Metrics ports of the template's instances (the core service uses 9464).
 INSTANCE_PORTS := vision:9465 tutoring:9466 learning:9467 full:9468
 
-.PHONY: run test lint clean bench install uninstall
+.PHONY: run test lint clean bench install uninstall compile
 
 $(STAMP): setup.cfg setup.py pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,17 +23,22 @@ $(STAMP): setup.cfg setup.py pyproject.toml
 	$(BIN)/pip install -q -e '.[test]'
 	touch $(STAMP)
 
-run: $(STAMP)
+# Byte-compile what every agent process imports: where PYTHONDONTWRITEBYTECODE is set, nothing else
+# writes the .pyc files, and each agent would compile its modules again at every start.
+compile: $(STAMP)
+	$(BIN)/python -m compileall -q sunsetd agents
+
+run: compile
 	$(BIN)/sunsetd --profile $(PROFILE)
 
-test: $(STAMP)
+test: compile
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
 	$(BIN)/python -m compileall -q sunsetd agents tests bench
 	$(BIN)/sunsetd --profile core --check >/dev/null
 
-bench: $(STAMP)
+bench: compile
 	$(BIN)/python bench/cold_start.py
 	$(BIN)/python bench/restart.py
 	$(BIN)/python bench/router.py

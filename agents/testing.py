@@ -25,6 +25,11 @@ class Echo(Agent):
         if delay:
             time.sleep(delay)
 
+    def teardown(self) -> None:
+        """With config `teardown_call` (an agent name): ping it on the way out, through sunsetd."""
+        if self.config.get("teardown_call"):
+            self.log(f"teardown call: {self.call(self.config['teardown_call'], 'ping', timeout=2.0)}")
+
     def handle_echo(self, body: Any) -> Any:
         return body
 

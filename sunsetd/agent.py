@@ -171,6 +171,7 @@ class AgentRuntime:
         self.stopping_since: float | None = None
         self.grace_s = spec.get("stop_timeout_s", 5.0) * 0.8
         self.ready = False
+        self.teardown_ok = True
         self.agent: Agent | None = None
 
     # ---- used from handler threads
@@ -340,11 +341,17 @@ class AgentRuntime:
         threading.Thread(target=self._run_setup, name="setup", daemon=True).start()
         last_heard = time.monotonic()
         next_beat = last_heard + self.heartbeat_s
-        exit_code = 0
+        teardown: threading.Thread | None = None
         while True:
             now = time.monotonic()
-            if self.stopping_since is not None and (self.busy == 0 or now - self.stopping_since > self.grace_s):
-                break
+            if self.stopping_since is not None:
+                out_of_grace = now - self.stopping_since > self.grace_s
+                if teardown is None and (self.busy == 0 or out_of_grace):
+                    # teardown runs off this thread, which keeps serving its calls to other agents
+                    teardown = threading.Thread(target=self._run_teardown, name="teardown", daemon=True)
+                    teardown.start()
+                if teardown is not None and (not teardown.is_alive() or out_of_grace):
+                    break
             timeout_ms = max(0, int((next_beat - now) * 1000)) + 1
             if self.stopping_since is not None:
                 timeout_ms = min(timeout_ms, 20)
@@ -381,18 +388,20 @@ class AgentRuntime:
                     continue  # we were the slow one (a handler held the GIL): read what the daemon sent
                 print(f"sunsetd silent for {now - last_heard:.2f}s: exiting", file=sys.stderr, flush=True)
                 return self._exit(EXIT_DAEMON_LOST, linger_ms=0)
-        # clean stop: in-flight handlers are done (or out of grace); replies still queued in the inbox go out
+        # clean stop: in-flight handlers and teardown are done (or out of grace); queued replies go out
         while True:
             try:
                 self._on_inbox(self.inbox.recv_multipart(zmq.NOBLOCK))
             except zmq.Again:
                 break
+        return self._exit(0 if self.teardown_ok else 1)
+
+    def _run_teardown(self) -> None:
         try:
             self.agent.teardown()
         except Exception:
             traceback.print_exc()
-            exit_code = 1
-        return self._exit(exit_code)
+            self.teardown_ok = False
 
     def _exit(self, code: int, linger_ms: int = 500) -> int:
         sys.stdout.flush()

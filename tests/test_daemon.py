@@ -91,6 +91,15 @@ def test_an_agent_wedged_in_c_is_killed_after_its_stop_timeout(start_daemon):
     assert "Worker kill SIGKILL after stop_timeout_s=2" in d.log()
 
 
+def test_teardown_may_call_other_agents(start_daemon):
+    d = start_daemon(MINI)  # Top pings Base in its teardown
+    t0 = time.monotonic()
+    assert d.call("sunsetd", "stop", {"agent": "Top"})["state"] == "stopped"
+    assert time.monotonic() - t0 < 1.5
+    assert 'Top stdout teardown call: pong' in d.log()
+    assert re.search(r"Top exit exit code 0", d.log())
+
+
 def test_agent_output_reaches_the_daemon_log_tagged_with_its_name(start_daemon):
     d = start_daemon(MINI)
     d.call("Middle", "say", "hello there")
