@@ -174,8 +174,8 @@ def main() -> int:
           f"{counts['eager']} eager, {counts['lazy']} lazy; {len(profile.levels)} start levels "
           f"(widest {max(len(level) for level in profile.levels)})")
     print(f"launch: {' '.join(c.sunsetd_command())} --profile {args.profile} --runtime-dir /tmp/sd-XXXXXXXX "
-          f"--log-level INFO; {args.runs} runs, {args.pause:g}s apart, status polled every {args.poll_ms:g} ms until it answers, then the log watched\n",
-          flush=True)
+          f"--log-level INFO; {args.runs} runs, {args.pause:g}s apart, status polled every {args.poll_ms:g} ms "
+          f"until it answers, then the log watched\n", flush=True)
     runs = []
     for i in range(args.runs):
         if i:

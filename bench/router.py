@@ -280,8 +280,8 @@ def main() -> int:
     print(f"ratio daemon-only / raw-1hop: latency p50 x{med('daemon-only', 'p50') / med(base, 'p50'):.2f}; "
           f"throughput x{c.median(thr['daemon-only']) / c.median(thr[base]):.2f}")
     print("\nCPU per reply during the throughput runs (median over repetitions, microseconds of user+system):")
-    labels = {"sunsetd": ["client", "daemon", "agent"], "daemon-only": ["client", "daemon"], "raw-1hop": ["client", "echo server"],
-              "raw-2hop": ["client", "proxy", "worker"]}
+    labels = {"sunsetd": ["client", "daemon", "agent"], "daemon-only": ["client", "daemon"],
+              "raw-1hop": ["client", "echo server"], "raw-2hop": ["client", "proxy", "worker"]}
     for name in PATHS:
         per = [c.median([r[i] for r in cpu[name]]) for i in range(len(labels[name]))]
         print(f"  {name:<11} " + ", ".join(f"{lab} {v:.0f}" for lab, v in zip(labels[name], per))
