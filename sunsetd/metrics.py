@@ -103,6 +103,8 @@ class Metrics:
         self.lazy_start_duration = Histogram("sunsetd_lazy_start_duration_seconds",
                                              "First request to ready, for lazy starts", ["agent"],
                                              buckets=START_BUCKETS, registry=self.registry)
+        self._request_children: dict[tuple[str, str], Any] = {}
+        self._duration_children: dict[str, Any] = {}
         self.snapshot: dict[str, Any] = {}  # replaced whole by the loop, read by the HTTP thread
         self.registry.register(_SnapshotCollector(self))
         self.server: ThreadingHTTPServer | None = None
@@ -110,8 +112,16 @@ class Metrics:
 
     # ---- called by the event loop
     def observe_reply(self, agent: str, code: str, seconds: float) -> None:
-        self.requests.labels(agent, code).inc()
-        self.duration.labels(agent).observe(seconds)
+        """Count one reply. `agent` must be a name of the profile (or a fixed word such as "unknown"):
+        a label taken from client input would let any client grow the series without bound."""
+        counter = self._request_children.get((agent, code))
+        if counter is None:  # label lookups cost more than the increment: keep the children
+            counter = self._request_children[(agent, code)] = self.requests.labels(agent, code)
+        counter.inc()
+        histogram = self._duration_children.get(agent)
+        if histogram is None:
+            histogram = self._duration_children[agent] = self.duration.labels(agent)
+        histogram.observe(seconds)
 
     def observe_lazy_start(self, agent: str, seconds: float) -> None:
         self.lazy_starts.labels(agent).inc()
@@ -152,7 +162,9 @@ class Metrics:
         self.server = _Server((host, port), Handler)
         bound_host, bound_port = self.server.server_address[:2]
         self.address = f"{bound_host}:{bound_port}"
-        threading.Thread(target=self.server.serve_forever, name="metrics", daemon=True).start()
+        # a short poll interval: close() waits for it, and the daemon's exit waits for close()
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, name="metrics",
+                         daemon=True).start()
         return self.address
 
     def close(self) -> None:

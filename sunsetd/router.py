@@ -68,7 +68,8 @@ class Router:
         code = "ok" if reply["ok"] else reply["error"]["code"]
         self.replies[code] += 1
         if self.on_reply is not None:
-            self.on_reply(p.to, code, time.monotonic() - p.received_at)
+            known = p.to in self.supervisor.slots or p.to == CONTROL_TARGET
+            self.on_reply(p.to if known else "unknown", code, time.monotonic() - p.received_at)
         self._send_front(p.envelope, reply)
 
     def fail(self, p: PendingRequest, code: ErrorCode, message: str) -> None:
@@ -288,6 +289,15 @@ class Router:
     def _control(self, p: PendingRequest) -> None:
         sup = self.supervisor
         if p.op == "status":
+            # body {agent: NAME} asks for one agent only, cheaply (no RSS read): for pollers
+            name = p.body.get("agent") if isinstance(p.body, dict) else None
+            if name is not None:
+                slot = sup.slots.get(name)
+                if slot is None:
+                    self.fail(p, ErrorCode.UNKNOWN_AGENT, f"no agent {name!r} in profile {sup.profile.name}")
+                else:
+                    self.answer(p, sup.agent_status(slot, time.monotonic(), fresh_rss=False))
+                return
             status = sup.status()
             status["router"] = {"pending": len(self.pending), "replies": dict(self.replies), **self.counters}
             status.update(self.extra_status)

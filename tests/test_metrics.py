@@ -61,6 +61,17 @@ def test_metrics_and_health(start_daemon):
     assert get(f"{base}/nope")[0] == 404
 
 
+def test_unknown_agent_names_do_not_become_labels(start_daemon):
+    d = start_daemon(TEST_PROFILES / "mini.yaml")
+    base = d.status()["metrics"].rsplit("/", 1)[0]
+    for i in range(50):
+        with pytest.raises(RemoteError):
+            d.call(f"bogus{i}", "echo")
+    text = get(f"{base}/metrics")[1]
+    assert "bogus" not in text
+    assert value(text, 'sunsetd_requests_total{agent="unknown",code="unknown_agent"}') == 50
+
+
 def test_health_is_503_when_an_essential_agent_is_failed(start_daemon):
     d = start_daemon(TEST_PROFILES / "crashy.yaml")
     base = d.status()["metrics"].rsplit("/", 1)[0]
