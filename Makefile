@@ -15,7 +15,7 @@ UNITDIR ?= /etc/systemd/system
 # Metrics ports of the template's instances (the core service uses 9464).
 INSTANCE_PORTS := vision:9465 tutoring:9466 learning:9467 full:9468
 
-.PHONY: run test lint clean bench install uninstall compile
+.PHONY: run test lint clean bench install uninstall compile chaos
 
 $(STAMP): setup.cfg setup.py pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,8 +35,11 @@ test: compile
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
-	$(BIN)/python -m compileall -q sunsetd agents tests bench
+	$(BIN)/python -m compileall -q sunsetd agents tests bench chaos
 	$(BIN)/sunsetd --profile core --check >/dev/null
+
+chaos: compile
+	$(BIN)/python chaos/run.py $(CHAOS_ARGS)
 
 bench: compile
 	$(BIN)/python bench/cold_start.py

@@ -29,6 +29,7 @@ from sunsetd.protocol import ErrorCode, Kind
 SPEC_ENV = "SUNSETD_AGENT_SPEC"  # JSON handed by the spawner: name, run, incarnation, config, timings
 EXIT_SETUP_FAILED = 1
 EXIT_DAEMON_LOST = 3
+STOP_FRAME_WAIT_S = 0.5  # after SIGTERM, how long to wait for the daemon's STOP frame (and what precedes it)
 
 
 class AgentError(Exception):
@@ -172,6 +173,7 @@ class AgentRuntime:
         self.grace_s = spec.get("stop_timeout_s", 5.0) * 0.8
         self.ready = False
         self.teardown_ok = True
+        self.stop_frame_seen = False
         self.agent: Agent | None = None
 
     # ---- used from handler threads
@@ -260,7 +262,7 @@ class AgentRuntime:
         if kind is Kind.REQUEST:
             if not isinstance(body, dict) or not isinstance(body.get("id"), int):
                 return
-            if self.stopping_since is not None:
+            if self.stop_frame_seen:  # the daemon forwards nothing after STOP; this is a stray
                 self._send(Kind.REPLY, {"id": body["id"], "ok": False, "error": {
                     "code": ErrorCode.UNAVAILABLE.value, "message": f"{self.name} is stopping"}})
                 return
@@ -274,6 +276,7 @@ class AgentRuntime:
             future = self.pool.submit(self._run_handler, body["id"], str(body.get("op")), body.get("body"), deadline)
             future.add_done_callback(self._handler_done)
         elif kind is Kind.STOP:
+            self.stop_frame_seen = True
             grace_ms = body.get("grace_ms") if isinstance(body, dict) else None
             self._begin_stop(grace_ms / 1000.0 if isinstance(grace_ms, (int, float)) else self.grace_s)
 
@@ -346,7 +349,10 @@ class AgentRuntime:
             now = time.monotonic()
             if self.stopping_since is not None:
                 out_of_grace = now - self.stopping_since > self.grace_s
-                if teardown is None and (self.busy == 0 or out_of_grace):
+                # Requests the daemon sent before its STOP are ahead of it on our socket: serve them
+                # before leaving. A SIGTERM alone (no daemon behind it) waits for STOP only briefly.
+                drained = self.stop_frame_seen or now - self.stopping_since > STOP_FRAME_WAIT_S
+                if teardown is None and ((drained and self.busy == 0) or out_of_grace):
                     # teardown runs off this thread, which keeps serving its calls to other agents
                     teardown = threading.Thread(target=self._run_teardown, name="teardown", daemon=True)
                     teardown.start()

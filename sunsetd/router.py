@@ -216,6 +216,17 @@ class Router:
                 return
             self._on_agent_message(frames)
 
+    def await_last_replies(self, slot: AgentSlot, timeout_s: float) -> None:
+        """An agent that exited cleanly wrote its last replies before exiting, but libzmq's I/O thread
+        may not have read them yet when the exit is seen: give them up to `timeout_s` to arrive."""
+        deadline = time.monotonic() + timeout_s
+        self.drain_agents()
+        while slot.inflight:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not self.agents.poll(max(1, int(remaining * 1000))):
+                return
+            self.drain_agents()
+
     def _on_agent_message(self, frames: list[bytes]) -> None:
         slot = self.supervisor.slot_for(frames[0])
         if slot is None:

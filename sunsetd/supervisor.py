@@ -27,6 +27,7 @@ from sunsetd.timers import Timer, Timers
 
 MB = 1 << 20
 SAMPLE_INTERVAL_S = 1.0  # RSS sampling and the idle check of lazy agents
+LAST_REPLIES_S = 0.1  # how long a clean exit's last replies may take to come out of libzmq
 
 
 def _rss(pid: int) -> int | None:
@@ -66,6 +67,7 @@ class SupervisorListener(Protocol):
     def on_process_gone(self, slot: "AgentSlot", description: str) -> None: ...
     def send_to_agent(self, slot: "AgentSlot", kind: Kind, body: Any = None) -> bool: ...
     def drain_agents(self) -> None: ...
+    def await_last_replies(self, slot: "AgentSlot", timeout_s: float) -> None: ...
 
 
 Watcher = Callable[["AgentSlot", Transition], bool]  # returns True when it is done
@@ -315,9 +317,10 @@ class Supervisor:
     # ---- process events
     def _on_exit(self, slot: AgentSlot, proc: AgentProcess) -> None:
         self.fds.unwatch(proc.pidfd)
-        if self.listener is not None and slot.process is proc:
-            self.listener.drain_agents()  # replies it sent before dying are answers, not losses
         code = proc.reap()
+        if self.listener is not None and slot.process is proc:
+            # replies it sent before dying are answers, not losses; after a clean exit they surely exist
+            self.listener.await_last_replies(slot, LAST_REPLIES_S if code == 0 else 0.0)
         description = describe_exit(code)
         if slot.process is not proc:
             return
@@ -558,6 +561,8 @@ class Supervisor:
             "inflight": len(slot.inflight),
             "queued": len(slot.queue),
             "memory_mb": slot.spec.memory_mb,
+            "max_queue": slot.spec.max_queue,
+            "depends_on": list(slot.spec.depends_on),
             "idle_s": round(now - slot.last_request_at, 3) if slot.spec.lazy and slot.idle else None,
         }
 

@@ -1,0 +1,231 @@
+#!/usr/bin/env python3
+"""Chaos harness: real faults injected into real processes under live load, with measured recovery and
+every request accounted for.
+
+    python chaos/run.py                                  # its own sunsetd, profile core, every scenario
+    python chaos/run.py --scenario kill,freeze --rounds 5 --seed 7 --json run.json --plot run.png
+    python chaos/run.py --runtime-dir /run/sunsetd       # attach to a running daemon (no daemon kills)
+
+Exit status 1 if any request was lost, answered twice or answered wrongly, or any fault was not
+recovered within its SLA; 2 for usage errors; else 0.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import zmq
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from faults import CHAOS_AGENTS, INJECTORS, SCENARIOS, SETTLE_S, SLA_MS, Chaos, DaemonUnderTest, Fault  # noqa: E402
+from load import Ledger, LoadClient, Target  # noqa: E402
+from report import account, plot, scenario_rows, table, write_json  # noqa: E402
+
+from sunsetd.client import DaemonUnreachable, RemoteError  # noqa: E402
+from sunsetd.profile import ProfileError, find_profile  # noqa: E402
+
+NEEDS = {"crashloop": "ChaosFlaky", "memory": "ChaosHog", "flood": "ChaosEcho"}
+
+
+def per_scenario(values: list[str], default: dict[str, float], what: str) -> dict[str, float]:
+    """`N` sets every scenario, `name=N` one of them."""
+    out = dict(default)
+    for value in values:
+        name, sep, number = value.rpartition("=")
+        try:
+            n = float(number)
+        except ValueError:
+            raise SystemExit(f"chaos: {what} must be N or SCENARIO=N, got {value!r}") from None
+        if not sep:
+            out = {k: n for k in out}
+        elif name in out:
+            out[name] = n
+        else:
+            raise SystemExit(f"chaos: {what}: unknown scenario {name!r} (one of {', '.join(SCENARIOS)})")
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="chaos/run.py", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="SLA defaults (ms, injection to first correct reply; crashloop from healing): "
+                                       + ", ".join(f"{k} {v:g}" for k, v in SLA_MS.items()))
+    p.add_argument("--profile", default="core", help="profile for the harness's own daemon (default core)")
+    p.add_argument("--runtime-dir", help="attach to the daemon running there instead of starting one")
+    p.add_argument("--clients", type=int, default=4, help="concurrent load clients (default 4)")
+    p.add_argument("--rate", type=float, default=25.0, help="requests per second per client (default 25)")
+    p.add_argument("--scenario", default="all", help=f"comma-separated: {', '.join(SCENARIOS)}, or all")
+    p.add_argument("--rounds", action="append", default=[], metavar="N|SCENARIO=N",
+                   help="faults per scenario (default 3); repeatable, e.g. --rounds 20 --rounds kill=50")
+    p.add_argument("--sla-ms", action="append", default=[], metavar="MS|SCENARIO=MS", help="recovery SLA override")
+    p.add_argument("--seed", type=int, default=1, help="seed of the fault schedule and the load (default 1)")
+    p.add_argument("--timeout-ms", type=int, default=3000, help="deadline of each load request (default 3000)")
+    p.add_argument("--json", type=Path, help="write every event (faults and requests) here")
+    p.add_argument("--plot", type=Path, help="write a PNG timeline of latency with the faults marked")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    scenarios = list(SCENARIOS) if args.scenario == "all" else [s.strip() for s in args.scenario.split(",")]
+    unknown = [s for s in scenarios if s not in SCENARIOS]
+    if unknown:
+        raise SystemExit(f"chaos: unknown scenario {unknown[0]!r} (one of {', '.join(SCENARIOS)}, or all)")
+    rounds = {k: int(v) for k, v in per_scenario(args.rounds, {s: 3 for s in SCENARIOS}, "--rounds").items()}
+    sla_ms = per_scenario(args.sla_ms, SLA_MS, "--sla-ms")
+    if args.plot is not None:  # say so now, not after a long run
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise SystemExit("chaos: --plot needs matplotlib, an optional extra: pip install 'sunsetd[chaos]' "
+                             "(or: pip install matplotlib)") from None
+
+    say = lambda text: print(text, flush=True)  # noqa: E731
+    rng = random.Random(args.seed)
+    workdir = None
+    daemon = None
+    arm_file = None
+    if args.runtime_dir:
+        runtime_dir = Path(args.runtime_dir)
+    else:
+        try:
+            base = find_profile(args.profile).resolve()
+        except ProfileError as exc:
+            raise SystemExit(f"chaos: {exc.errors[0]}") from None
+        workdir = Path(tempfile.mkdtemp(prefix="sdc-", dir="/tmp"))
+        runtime_dir = workdir / "run"
+        arm_file = workdir / "flaky.armed"
+        chaos_profile = workdir / "chaos.yaml"
+        chaos_profile.write_text(f"name: chaos-{base.stem}\nextends: {base}\n"
+                                 f"description: {base.stem} plus the harness's chaos agents\nagents:"
+                                 + CHAOS_AGENTS.format(arm_file=arm_file))
+        daemon = DaemonUnderTest(chaos_profile, runtime_dir, workdir / "daemon.log")
+    t0 = time.monotonic()
+    ledger = Ledger(t0)
+    context = zmq.Context()
+    exit_code = 0
+    try:
+        if daemon is not None:
+            say(f"starting sunsetd --profile {args.profile} (+ chaos agents) in {runtime_dir}")
+            daemon.start()
+        chaos = Chaos(runtime_dir, ledger, rng, sla_ms, daemon, arm_file, args.clients, args.rate,
+                      args.timeout_ms / 1000, context, say)
+        if not chaos.wait_all_ready(120):
+            raise SystemExit(f"chaos: sunsetd on {runtime_dir} did not get ready" +
+                             (f"; its log is {daemon.log_path}" if daemon else ""))
+        status = chaos.status()
+        names = {a["name"] for a in status["agents"]}
+        if daemon is None:
+            for scenario, agent in NEEDS.items():
+                if scenario in scenarios and agent not in names:
+                    say(f"skipping {scenario}: the attached daemon has no {agent} (start one with chaos/run.py)")
+                    scenarios.remove(scenario)
+            if "daemon" in scenarios:
+                say("skipping daemon: only a daemon the harness started itself can be killed and restarted")
+                scenarios.remove("daemon")
+        eager = [a["name"] for a in status["agents"] if not a["lazy"]]
+        targets = [Target(n, op) for n in eager if n != "ChaosEcho" for op in ("ping", "info")]
+        targets += [Target("ChaosEcho", "echo")] * (3 if "ChaosEcho" in names else 0)
+        say(f"profile {status['profile']}: {len(status['agents'])} agents, load on {len(eager)}: {args.clients} "
+            f"clients x {args.rate:g} req/s, seed {args.seed}")
+        clients = [LoadClient(f"c{i}", "load", runtime_dir, ledger, lambda: targets, args.rate, 4,
+                              args.timeout_ms / 1000, args.seed * 1000 + i, context) for i in range(args.clients)]
+        for c in clients:
+            c.start()
+        time.sleep(1.0)
+        faults: list[Fault] = []
+        for scenario in scenarios:
+            for n in range(1, rounds[scenario] + 1):
+                if not chaos.wait_all_ready(60):
+                    say(f"{scenario} #{n}: not everything is ready again; going on")
+                time.sleep(SETTLE_S)
+                start = ledger.now()
+                fault = INJECTORS[scenario](chaos, n)
+                fault.window = (start, ledger.now() + SETTLE_S)
+                faults.append(fault)
+                say(f"{scenario:<9} #{n:<3} {', '.join(fault.targets)[:48]:<48} detect {_ms(fault.ms(fault.detected))} "
+                    f"restart {_ms(fault.ms(fault.restarted))} recovery {_ms(fault.recovery_ms)}"
+                    f"{' after healing' if fault.healed is not None else ''} "
+                    f"{'ok' if fault.ok else 'NOT RECOVERED'}  {fault.note} "
+                    + " ".join(f"[{k}: {'yes' if v else 'NO'}]" for k, v in fault.checks.items()))
+        chaos.wait_all_ready(60)
+        time.sleep(SETTLE_S)
+        for c in clients:
+            c.stop()
+        for c in clients:
+            c.join()
+        chaos.prober.drain()
+        chaos.prober.close()
+        chaos.control.close()
+        if daemon is not None:
+            code = daemon.stop()
+            if code != 0:
+                say(f"sunsetd exited with {code} at the end (its log: {daemon.log_path})")
+                exit_code = 1
+            left = _processes_using(runtime_dir)
+            if left:
+                say(f"processes left behind: {left}")
+                exit_code = 1
+        records = ledger.snapshot()
+        total = account(records, chaos.daemon_kills)
+        rows = scenario_rows(faults, records, chaos.daemon_kills)
+        say("")
+        say(table(rows, total))
+        say(f"\n{total['sent']} requests: {total['answered']} answered exactly once, {total['lost']} lost, "
+            f"{total['duplicates']} answered twice, {total['wrong']} wrong, {total['died_with_daemon']} in flight in a "
+            f"daemon that was SIGKILLed (answered by nobody, by construction); {ledger.unknown_replies} stray replies")
+        meta = {"argv": sys.argv, "profile": status["profile"], "seed": args.seed, "clients": args.clients,
+                "rate": args.rate, "scenarios": scenarios, "rounds": rounds, "sla_ms": sla_ms,
+                "duration_s": round(ledger.now(), 1), "cpus": os.cpu_count()}
+        if args.json:
+            write_json(args.json, meta, rows, total, faults, records, chaos.daemon_kills)
+            say(f"events: {args.json}")
+        if args.plot:
+            problem = plot(args.plot, faults, records, f"sunsetd chaos: profile {status['profile']}, "
+                           f"{len(faults)} faults, seed {args.seed}")
+            say(problem or f"plot: {args.plot}")
+        failed = [f for f in faults if not f.ok]
+        if total["lost"] or total["wrong"] or total["duplicates"] or failed:
+            exit_code = 1
+            say(f"FAIL: {total['lost']} lost, {total['wrong']} wrong, {total['duplicates']} duplicated, "
+                f"{len(failed)} faults not recovered within SLA")
+        else:
+            say("PASS: nothing lost, nothing wrong, every fault recovered within its SLA")
+        return exit_code
+    finally:
+        if daemon is not None and daemon.proc is not None and daemon.proc.poll() is None:
+            daemon.proc.kill()
+        context.destroy(linger=0)
+        if workdir is not None and exit_code == 0 and not os.environ.get("CHAOS_KEEP"):
+            shutil.rmtree(workdir, ignore_errors=True)
+        elif workdir is not None:
+            say(f"kept {workdir} (daemon log) for inspection")
+
+
+def _ms(value: float | None) -> str:
+    return "      -" if value is None else f"{value:7.1f}ms"
+
+
+def _processes_using(runtime_dir: Path) -> list[int]:
+    import psutil
+
+    found = []
+    for proc in psutil.process_iter(["cmdline", "status"]):
+        try:
+            if proc.info["status"] != psutil.STATUS_ZOMBIE and any(str(runtime_dir) in a for a in proc.info["cmdline"] or ()):
+                found.append(proc.pid)
+        except psutil.Error:
+            continue
+    return found
+
+
+if __name__ == "__main__":
+    sys.exit(main())
