@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import ctypes
 import os
+import random
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -58,6 +60,14 @@ class Echo(Agent):
         """Sleep `body` seconds inside C while holding the GIL: the whole process, heartbeats and SIGTERM
         handling included, is wedged, as with a C extension stuck in a call."""
         ctypes.PyDLL(None).sleep(int(body or 60))
+
+    def handle_random(self, body: Any) -> float:
+        return random.random()
+
+    def handle_detach(self, body: Any) -> int:
+        """Start `sleep 60` in a session of its own, out of our process group: what a careless agent
+        leaves behind when it dies. Returns its pid."""
+        return subprocess.Popen(["sleep", "60"], start_new_session=True).pid
 
     def handle_crash(self, body: Any) -> None:
         os._exit(int(body or 1))

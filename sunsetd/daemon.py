@@ -22,7 +22,7 @@ from sunsetd.metrics import Metrics, parse_address
 from sunsetd.profile import Profile, ProfileError, describe, load_profile
 from sunsetd.protocol import ErrorCode
 from sunsetd.router import Router
-from sunsetd.spawner import ExecSpawner
+from sunsetd.spawner import ExecSpawner, ForkSpawner, reap_strays
 from sunsetd.supervisor import PendingRequest, Supervisor
 from sunsetd.systemd import Notifier
 from sunsetd.timers import Timer, Timers
@@ -63,7 +63,7 @@ class EventLoop:
 
 class Daemon:
     def __init__(self, profile: Profile, runtime_dir: Path, profile_arg: str | None = None,
-                 metrics_addr: tuple[str, int] | None = None):
+                 metrics_addr: tuple[str, int] | None = None, spawner: str = "fork"):
         self.profile = profile
         self.profile_arg = profile_arg or str(profile.path)  # what a reload reads again
         self.runtime_dir = runtime_dir
@@ -75,6 +75,7 @@ class Daemon:
         self.notifier = Notifier()
         self.metrics = Metrics()
         self.metrics_addr = metrics_addr
+        self.spawner_kind = spawner
         self.status_timer: Timer | None = None
 
     # ---- signals, handled in the loop
@@ -86,6 +87,30 @@ class Daemon:
 
     def handle_sighup(self) -> None:
         self.reload(None)
+
+    def handle_sigchld(self) -> None:
+        """Reap exited children nobody supervises (agents and the zygote have owners that reap them)."""
+        reap_strays(self._known_children(), kill=False)
+
+    def _kill_orphans(self) -> None:
+        """Once a second: a process an agent left behind outside its own process group (it escaped the
+        group kill at the agent's exit) was handed to us as a subreaper. No orphans: it goes too."""
+        for pid, name in reap_strays(self._known_children(), kill=True):
+            logs.event(logs.DAEMON, "orphan", f"killed {name} left behind by a dead agent", "WARNING", pid=pid)
+        self.timers.call_later(1.0, self._kill_orphans)
+
+    def _known_children(self) -> set[int]:
+        known = {s.process.pid for s in self.supervisor.slots.values() if s.process is not None}
+        return known | self.spawner.known_pids()
+
+    def _make_spawner(self):
+        if self.spawner_kind == "fork":
+            try:
+                return ForkSpawner(self.runtime_dir)
+            except (OSError, ValueError) as exc:
+                logs.event(logs.DAEMON, "spawner", f"fork server unavailable ({exc}); starting agents by exec",
+                           "WARNING")
+        return ExecSpawner(self.runtime_dir)
 
     # ---- systemd
     def status_text(self) -> str:
@@ -186,7 +211,8 @@ class Daemon:
             self.lock.release()
 
     def _serve(self, ctx: zmq.Context) -> int:
-        self.supervisor = Supervisor(self.profile, ExecSpawner(self.runtime_dir), self.timers, self.loop)
+        self.spawner = self._make_spawner()
+        self.supervisor = Supervisor(self.profile, self.spawner, self.timers, self.loop)
         self.router = Router(ctx, self.runtime_dir, self.supervisor, self.timers)
         self.router.on_shutdown = lambda: self.begin_shutdown("shutdown requested")
         self.router.on_reload = self.reload
@@ -201,6 +227,7 @@ class Daemon:
                 logs.event(logs.DAEMON, "metrics", f"cannot listen on {self.metrics_addr[0]}:{self.metrics_addr[1]}: "
                            f"{exc.strerror}; running without metrics", "ERROR")
         self._publish_every_second()
+        self.timers.call_later(1.0, self._kill_orphans)
         self.supervisor.on_ready = lambda: self.notifier.ready(self.status_text())
         self.supervisor.on_change = self._status_changed
         if self.notifier.watchdog_every_s:
@@ -209,7 +236,7 @@ class Daemon:
         self.loop.watch(self.router.front, self.router.on_front_readable)
         self._wakeup_r, wakeup_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         old_wakeup = signal.set_wakeup_fd(wakeup_w, warn_on_full_buffer=False)
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
             signal.signal(sig, lambda *_: None)  # the wake-up fd carries it into the loop
         self.loop.watch(self._wakeup_r, self._on_signal_fd)
         c = self.profile.counts()
@@ -232,6 +259,7 @@ class Daemon:
             signal.set_wakeup_fd(old_wakeup)
             self.notifier.close()
             self.metrics.close()
+            self.spawner.close()
             self.router.close()
             os.close(self._wakeup_r)
             os.close(wakeup_w)
@@ -251,6 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
                         choices=["TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR"])
     parser.add_argument("--metrics-addr", default="127.0.0.1:9464",
                         help="HOST:PORT for Prometheus /metrics and /health, or off (default: 127.0.0.1:9464)")
+    parser.add_argument("--spawner", choices=["fork", "exec"], default=os.environ.get("SUNSETD_SPAWNER", "fork"),
+                        help="fork: agents forked from a pre-imported zygote (default, about 2 ms); "
+                             "exec: a fresh interpreter per agent (about 100 ms)")
     parser.add_argument("--log-to", choices=["auto", "journal", "stderr"], default="auto",
                         help="auto: journald (with fields) under systemd, else stderr")
     return parser
@@ -274,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
         print(describe(profile))
         return EXIT_OK
     logs.configure(args.log_level, profile.name, journal={"auto": None, "journal": True, "stderr": False}[args.log_to])
-    return Daemon(profile, rundir.resolve(args.runtime_dir), args.profile, metrics_addr).run()
+    return Daemon(profile, rundir.resolve(args.runtime_dir), args.profile, metrics_addr, args.spawner).run()
 
 
 if __name__ == "__main__":

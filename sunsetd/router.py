@@ -125,7 +125,7 @@ class Router:
             body=request.body, deadline=now + request.timeout_ms / 1000.0,
             wall_deadline=time.time() + request.timeout_ms / 1000.0, retry=request.retry, received_at=now)
         self.pending[p.rid] = p
-        if self.shutting_down:
+        if self.shutting_down and not self._served_while_stopping(request):
             self.fail(p, ErrorCode.SHUTTING_DOWN, "sunsetd is shutting down")
             return
         p.timer = self.timers.call_at(p.deadline, lambda: self._expire(p))
@@ -153,6 +153,14 @@ class Router:
         else:
             self.fail(p, ErrorCode.OVERLOADED,
                        f"{slot.name} has {len(slot.queue)} requests queued (max_queue={slot.spec.max_queue})")
+
+    def _served_while_stopping(self, request: protocol.Request) -> bool:
+        """While shutting down, an agent that is still ready still answers: agents stop in reverse
+        dependency order, so a dependent's teardown can still call what it depends on."""
+        if request.to == CONTROL_TARGET:
+            return request.op == "status"
+        slot = self.supervisor.slots.get(request.to)
+        return slot is not None and slot.state is State.READY and len(slot.inflight) < slot.spec.max_inflight
 
     def _unavailable_message(self, slot: AgentSlot) -> str:
         lc = slot.lifecycle

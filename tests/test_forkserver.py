@@ -1,0 +1,64 @@
+"""Agents forked from the pre-imported zygote: real children of the daemon, each in its own session,
+with fresh random state; the exec spawner still works; a dead zygote is replaced; orphans are killed."""
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import psutil
+import pytest
+
+from conftest import TEST_PROFILES, processes_using, wait_until
+
+pytestmark = pytest.mark.slow
+
+MINI = TEST_PROFILES / "mini.yaml"
+
+
+def test_forked_agents_are_children_of_the_daemon_in_their_own_sessions(start_daemon):
+    d = start_daemon(MINI)
+    agents = d.status()["agents"]
+    for a in agents:
+        proc = psutil.Process(a["pid"])
+        assert proc.ppid() == d.proc.pid
+        assert os.getpgid(a["pid"]) == a["pid"] and os.getsid(a["pid"]) == a["pid"]
+        assert proc.name() == f"{a['name']}#1"
+    draws = {d.call(a["name"], "random") for a in agents}
+    assert len(draws) == len(agents)  # the zygote's random state is not shared by its forks
+
+
+def test_the_exec_spawner_still_works(start_daemon):
+    d = start_daemon(MINI, "--spawner", "exec")
+    pid = d.call("Middle", "pid")
+    assert "sunsetd.agent" in " ".join(psutil.Process(pid).cmdline())
+    os.kill(pid, signal.SIGKILL)
+    d.wait_agent("Middle", lambda a: a["state"] == "ready" and a["pid"] != pid, what="replaced by exec")
+
+
+def test_a_dead_zygote_is_replaced_and_agents_still_restart(start_daemon):
+    d = start_daemon(MINI)
+    def zygotes() -> list[psutil.Process]:  # forked agents share its command line, not its name
+        return [p for p in processes_using(d.runtime_dir) if "sunsetd.forkserver" in " ".join(p.cmdline())
+                and p.ppid() == d.proc.pid and "#" not in p.name()]
+
+    (zygote,) = zygotes()
+    zygote.kill()
+    pid = d.call("Middle", "pid")
+    os.kill(pid, signal.SIGKILL)
+    d.wait_agent("Middle", lambda a: a["state"] == "ready" and a["pid"] != pid, what="replaced without the zygote")
+    assert d.call("Middle", "echo", 1) == 1
+    (replacement,) = zygotes()
+    assert replacement.pid != zygote.pid  # a new zygote took over
+
+
+def test_an_orphan_left_behind_by_a_dead_agent_is_killed(start_daemon):
+    d = start_daemon(MINI)
+    orphan = d.call("Base", "detach")
+    pid = d.call("Base", "pid")
+    os.kill(pid, signal.SIGKILL)  # its detached child escapes the group kill and is handed to us
+    wait_until(lambda: not psutil.pid_exists(orphan) or psutil.Process(orphan).status() == psutil.STATUS_ZOMBIE,
+               5.0, what="the orphan to be killed")
+    wait_until(lambda: "orphan killed sleep left behind by a dead agent" in d.log(), 5.0, what="the orphan log line")
+    time.sleep(0.3)
+    assert not psutil.pid_exists(orphan)  # and reaped: no zombie either
