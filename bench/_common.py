@@ -135,8 +135,9 @@ class Daemon:
     """A real sunsetd in a subprocess, with its log at $RUNTIME/daemon.log; a context manager that always
     stops it (SIGTERM, then SIGKILL of whatever is left) and removes its runtime directory."""
 
-    def __init__(self, profile: str | Path, log_level: str = "INFO", keep_dir: bool = False):
+    def __init__(self, profile: str | Path, log_level: str = "INFO", keep_dir: bool = False, spawner: str = "fork"):
         self.profile = str(profile)
+        self.spawner = spawner
         self.log_level = log_level
         self.keep_dir = keep_dir
         self.runtime_dir = new_runtime_dir()
@@ -148,7 +149,7 @@ class Daemon:
     @property
     def argv(self) -> list[str]:
         return [*sunsetd_command(), "--profile", self.profile, "--runtime-dir", str(self.runtime_dir),
-                "--log-level", self.log_level]
+                "--log-level", self.log_level, "--spawner", self.spawner, "--metrics-addr", "off"]
 
     def start(self) -> "Daemon":
         self._log_file = open(self.log_path, "ab")

@@ -87,11 +87,11 @@ def slow_stop_lines(events: list[tuple[float, str, str, str]], gap_ms: float = 2
     return out
 
 
-def one_run(profile_name: str, profile, poll_s: float, timeout: float) -> dict:
+def one_run(profile_name: str, profile, poll_s: float, timeout: float, spawner: str) -> dict:
     """One cold start. To disturb the start as little as possible on a small machine, `status` is polled
     only until the daemon first answers; then the log file is watched (cheap reads) for the `ready`
     line, and one more `status` confirms the state is running."""
-    d = c.Daemon(profile_name, log_level="INFO")
+    d = c.Daemon(profile_name, log_level="INFO", spawner=spawner)
     result: dict = {}
     try:
         wall0 = time.time()
@@ -154,6 +154,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--profile", default="core", help="profile name or path (default core)")
     ap.add_argument("--runs", type=int, default=5, help="cold starts to measure (default 5)")
+    ap.add_argument("--spawner", choices=["fork", "exec"], default="fork",
+                    help="how the daemon starts agents: fork from its zygote (default) or exec a fresh interpreter")
     ap.add_argument("--poll-ms", type=float, default=5.0, help="status poll interval (default 5 ms)")
     ap.add_argument("--pause", type=float, default=1.0, help="seconds between runs (default 1)")
     ap.add_argument("--timeout", type=float, default=60.0, help="give up on a run after this many seconds")
@@ -180,7 +182,7 @@ def main() -> int:
     for i in range(args.runs):
         if i:
             time.sleep(args.pause)
-        r = one_run(args.profile, profile, args.poll_ms / 1000, args.timeout)
+        r = one_run(args.profile, profile, args.poll_ms / 1000, args.timeout, args.spawner)
         runs.append(r)
         print(f"run {i + 1}/{args.runs}: first answer {c.ms(r['first_answer'])} ms, running (status) "
               f"{c.ms(r['running_status'])} ms, running (log) {c.ms(r.get('running_log', float('nan')), 0)} ms, "

@@ -87,6 +87,8 @@ def main() -> int:
     ap.add_argument("--floor-runs", type=int, default=20, help="runs of each interpreter-start floor (default 20)")
     ap.add_argument("--profile", default=str(c.BENCH_PROFILES / "echo.yaml"))
     ap.add_argument("--agent", default="bench.echo")
+    ap.add_argument("--spawner", choices=["fork", "exec"], default="fork",
+                    help="how the daemon starts agents: fork from its zygote (default) or exec a fresh interpreter")
     args = ap.parse_args()
     c.print_header("sunsetd restart: SIGKILL of an agent until its replacement answers a request")
 
@@ -127,7 +129,7 @@ def main() -> int:
     totals: list[float] = []
     kills: list[tuple[float, float, int, int]] = []  # (kill wall time, answer wall time, old pid, new pid)
     probe_errors: dict[str, int] = {}
-    with c.Daemon(args.profile, log_level="INFO") as daemon:
+    with c.Daemon(args.profile, log_level="INFO", spawner=args.spawner) as daemon:
         daemon.wait_ready(timeout=30)
         client = daemon.client
         pid = client.call(args.agent, "pid", timeout=5)
