@@ -24,7 +24,7 @@ from typing import Any, Callable, Sequence
 import psutil
 import zmq
 
-from sunsetd.client import Client
+from sunsetd.client import Client, RemoteError  # noqa: F401 (re-exported for the scripts)
 
 REPO = Path(__file__).resolve().parent.parent
 BENCH = REPO / "bench"
