@@ -353,7 +353,8 @@ class VisionProcessingAgent(EdgeAgent):
         result = compute(image)
         self.counters["computed"] += 1
         try:
-            self.call(CACHE, "put", {"ns": "vision", "key": key, "value": result, "ttl_s": self.cache_ttl_s}, timeout=2.0)
+            self.call(CACHE, "put", {"ns": "vision", "key": key, "value": result, "ttl_s": self.cache_ttl_s},
+                      timeout=2.0)
         except CallError as exc:
             self.log(f"{CACHE} unreachable: {exc}")
         return {**result, "cached": False}
@@ -388,7 +389,8 @@ class VisionProcessingAgent(EdgeAgent):
 
         def compute(image):
             t = otsu_threshold(image) if level is None else level
-            blobs = [c for c in components([[1 if v > t else 0 for v in row] for row in image]) if c["area"] >= min_area]
+            mask = [[1 if v > t else 0 for v in row] for row in image]
+            blobs = [c for c in components(mask) if c["area"] >= min_area]
             return {"level": t, "count": len(blobs), "blobs": blobs}
         return self._cached("blobs", body, compute)
 
