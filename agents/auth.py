@@ -8,8 +8,6 @@ login that issued it; a caller mixing the two clocks gets answers on whichever i
 from __future__ import annotations
 
 import base64
-import hashlib
-import hmac
 import json
 import os
 import re
@@ -39,7 +37,17 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
+def _crypto():
+    """hashlib and hmac, imported where they are used: they load OpenSSL (about 4 MB of RSS), which
+    AgentTrustScorer, in this module too, does not need."""
+    import hashlib
+    import hmac
+
+    return hashlib, hmac
+
+
 def hash_password(password: str, salt: bytes, iterations: int) -> str:
+    hashlib, _ = _crypto()
     digest = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
     return f"pbkdf2_sha256${iterations}${_b64(salt)}${_b64(digest)}"
 
@@ -51,6 +59,7 @@ def check_password(password: str, stored: str) -> bool:
         return False
     if scheme != "pbkdf2_sha256":
         return False
+    _, hmac = _crypto()
     return hmac.compare_digest(hash_password(password, _unb64(salt), int(iterations)).split("$")[3], digest)
 
 
@@ -85,15 +94,18 @@ class AuthenticationAgent(EdgeAgent):
         super().setup()
 
     # ---- tokens
+    def _mac(self, body: str) -> str:
+        hashlib, hmac = _crypto()
+        return _b64(hmac.new(self.key, body.encode(), hashlib.sha256).digest())
+
     def _sign(self, payload: dict) -> str:
         body = _b64(json.dumps(payload, separators=(",", ":"), sort_keys=True).encode())
-        return f"{body}.{_b64(hmac.new(self.key, body.encode(), hashlib.sha256).digest())}"
+        return f"{body}.{self._mac(body)}"
 
     def _verify(self, token: str, now: float) -> tuple[dict | None, str]:
         try:
             body, sig = token.split(".")
-            expected = _b64(hmac.new(self.key, body.encode(), hashlib.sha256).digest())
-            if not hmac.compare_digest(sig, expected):
+            if not _crypto()[1].compare_digest(sig.encode(), self._mac(body).encode()):
                 return None, "bad signature"
             payload = json.loads(_unb64(body))
         except (ValueError, TypeError):
