@@ -19,7 +19,7 @@ import zmq
 from sunsetd import logs, protocol, rundir
 from sunsetd.policy import Admission, State, Transition, admit
 from sunsetd.protocol import CONTROL_TARGET, ErrorCode, Kind, ProtocolError
-from sunsetd.supervisor import AgentSlot, PendingRequest, Supervisor
+from sunsetd.supervisor import LAZY_START, AgentSlot, PendingRequest, Supervisor
 from sunsetd.timers import Timers
 
 BATCH = 256  # messages read from one socket before the loop looks at the others
@@ -143,7 +143,7 @@ class Router:
         elif decision is Admission.QUEUE:
             slot.queue.append(p)
         elif decision is Admission.QUEUE_AND_START:
-            refusal = self.supervisor.start_agent(slot, "first request")
+            refusal = self.supervisor.start_agent(slot, LAZY_START)
             if refusal is None:
                 slot.queue.append(p)
             else:

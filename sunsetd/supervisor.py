@@ -27,6 +27,7 @@ from sunsetd.timers import Timer, Timers
 
 MB = 1 << 20
 SAMPLE_INTERVAL_S = 1.0  # RSS sampling and the idle check of lazy agents
+LAZY_START = "first request"  # the reason given when a request starts a lazy agent
 LAST_REPLIES_S = 0.1  # how long a clean exit's last replies may take to come out of libzmq
 
 
@@ -190,8 +191,7 @@ class Supervisor:
 
     def shutdown_budget_s(self) -> float:
         """Worst case of a reverse-order stop: each level may use its slowest stop timeout, plus slack."""
-        slowest = {name: s.spec.stop_timeout_s for name, s in self.slots.items()}
-        return sum(max(slowest[n] for n in level) for level in self.profile.levels) + 5.0
+        return sum(max(self.slots[n].spec.stop_timeout_s for n in level) for level in self.profile.levels) + 5.0
 
     # ---- operator commands
     def start_agent(self, slot: AgentSlot, reason: str = "operator start") -> str | None:
@@ -202,8 +202,8 @@ class Supervisor:
             if refusal is not None:
                 logs.event(slot.name, "budget", refusal, "WARNING")
                 return refusal
-        if slot.spec.lazy and not slot.lifecycle.running and slot.lazy_start_at is None:
-            slot.lazy_start_at = time.monotonic()
+        if reason == LAZY_START and not slot.lifecycle.running and slot.lazy_start_at is None:
+            slot.lazy_start_at = time.monotonic()  # for the lazy-start duration metric
         self.want(slot)
         if slot.state in (State.FAILED, State.BACKOFF, State.STOPPING):
             self._apply(slot, slot.lifecycle.start(time.monotonic(), reason))
