@@ -352,8 +352,9 @@ class AsyncProcessor(EdgeAgent):
 
     Real: `submit` queues a task (a small deterministic computation: sum, sort, mean, prime counting, big
     Fibonacci numbers, word counts, a bounded sleep) by priority, then arrival; `workers` threads take the
-    next one, ask ResourceManager for its cpu/mb, run it, release the grant and keep the result; a refused
-    task waits, in its place, until a grant comes back (gating); `result` waits for a task's end; `pause`
+    head of the queue one at a time, ask ResourceManager for its cpu/mb, run it, release the grant and keep
+    the result; a refused task waits, in its place, until a grant comes back (gating: strict priority, no
+    task behind it starts first); `result` waits for a task's end; `pause`
     and `resume` hold the queue. Stands in: nothing; tasks are in-process computations.
     """
 
@@ -368,6 +369,7 @@ class AsyncProcessor(EdgeAgent):
         self.finished = 0
         self.keep = int(self.config.get("keep_results", 1024))
         self.cond = threading.Condition()
+        self.dispatching = threading.Lock()
         self.stopping = False
         self.workers = [threading.Thread(target=self._work, name=f"worker-{i}", daemon=True)
                         for i in range(int(self.config.get("workers", 2)))]
@@ -392,31 +394,35 @@ class AsyncProcessor(EdgeAgent):
             return task
 
     def _requeue(self, task: dict) -> None:
-        with self.cond:
+        with self.cond:  # no notify: the task waits for a grant to come back, not for another worker
             task["state"] = "queued"
             heapq.heappush(self.queue, (task["priority"], task["seq"], task["id"]))
-            self.cond.notify_all()
 
     def _work(self) -> None:
         while True:
-            task = self._next()
-            if task is None:
-                return
-            try:
-                grant = self.call(RESOURCES, "allocate", {"owner": f"{self.name}:{task['id']}", "cpu": task["cpu"],
-                                                          "mb": task["mb"]}, timeout=2.0)
-            except CallError as exc:
-                grant = {"granted": False, "reason": str(exc)}
+            # One worker dispatches at a time, always the head of the queue: a task that ResourceManager
+            # refuses goes back in its place, and no task behind it starts first (strict priority).
+            with self.dispatching:
+                task = self._next()
+                if task is None:
+                    return
+                try:
+                    grant = self.call(RESOURCES, "allocate", {"owner": f"{self.name}:{task['id']}",
+                                                              "cpu": task["cpu"], "mb": task["mb"]}, timeout=2.0)
+                except CallError as exc:
+                    grant = {"granted": False, "reason": str(exc)}
+                if grant.get("granted"):
+                    with self.cond:
+                        task["state"] = "running"
+                else:
+                    task["gated"] += 1
+                    task["gate_reason"] = grant.get("reason")
+                    self.counters["gated"] += 1
+                    self._requeue(task)
             if not grant.get("granted"):
-                task["gated"] += 1
-                task["gate_reason"] = grant.get("reason")
-                self.counters["gated"] += 1
-                self._requeue(task)
                 with self.cond:  # wait for a release here or a new submission, or retry after retry_s
                     self.cond.wait(self.retry_s)
                 continue
-            with self.cond:
-                task["state"] = "running"
             try:
                 result, error = TASK_KINDS[task["kind"]](task["args"]), None
             except Exception as exc:  # a task's failure is its result, never a dead worker
