@@ -107,7 +107,8 @@ class MemoryOrchestratorService(EdgeAgent, MemoryClient):
     else the host's monotonic clock): `get` no longer finds them, `sweep` deletes them; `usage` keeps its own
     series of row counts per namespace and forecasts the next with a least-squares line (it depends on no
     SystemDigitalTwin), and pushes the figures to ObservabilityHub_PC2. The database is `config.database`:
-    `:memory:` (the default; a restart empties it) or a file name inside `config.dir`, never elsewhere.
+    `:memory:` (the default; a restart empties it) or a file name inside `config.dir` (without a dir, a
+    fresh temporary one, removed at a clean stop), never elsewhere.
     Stands in: nothing.
     """
 
@@ -121,7 +122,7 @@ class MemoryOrchestratorService(EdgeAgent, MemoryClient):
             if not self.config.get("dir"):
                 import tempfile  # here: only a file-backed store without a dir needs it
 
-                self.config["dir"] = tempfile.mkdtemp(prefix="mos-")
+                self.config["dir"] = self.own_dir = tempfile.mkdtemp(prefix="mos-")
             directory = self.config["dir"]
             os.makedirs(directory, mode=0o700, exist_ok=True)
             self.config["database"] = os.path.join(directory, database)
@@ -134,6 +135,15 @@ class MemoryOrchestratorService(EdgeAgent, MemoryClient):
     def _now(body: Any) -> float:
         now = field(body, "now", float, None) if isinstance(body, dict) else None
         return time.monotonic() if now is None else float(now)
+
+    own_dir: str | None = None
+
+    def teardown(self) -> None:
+        super().teardown()
+        if self.own_dir:  # a store in a fresh directory could never be found again: it goes with us
+            import shutil
+
+            shutil.rmtree(self.own_dir, ignore_errors=True)
 
     def handle_put(self, body: Any) -> dict:
         """{ns, key, value, ttl_s?, now?}: store a value; with ttl_s it expires ttl_s after `now`."""

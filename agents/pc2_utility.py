@@ -41,18 +41,20 @@ class UnifiedUtilsAgent(EdgeAgent):
     """Temporary files and their clean-up, inside its own directory; ids and checksums.
 
     Real: `write` makes a temporary file in this agent's directory (`config.dir`, else a fresh
-    `tempfile.mkdtemp()`), `read`, `list`, `delete`; `cleanup` removes the files older than `max_age_s`
-    (by modification time against `now`, the request's or the wall clock's) and then the oldest until the
-    directory holds at most `max_bytes`, with `dry_run` to only say what would go; with
-    `config.cleanup_every_s` a background sweep does the same with `config.max_age_s`. All of it through
-    a descriptor of the directory (openat, unlinkat), never following a symbolic link (a link is removed
-    as a link) and never leaving the directory. `new_id` gives random ids, `checksum` crc32/adler32.
+    `tempfile.mkdtemp()`, removed with everything in it at a clean stop), `read`, `list`, `delete`;
+    `cleanup` removes the files older than `max_age_s` (by modification time against `now`, the request's
+    or the wall clock's) and then the oldest until the directory holds at most `max_bytes`, with `dry_run`
+    to only say what would go; with `config.cleanup_every_s` a background sweep does the same with
+    `config.max_age_s`. All of it through a descriptor of the directory (openat, unlinkat), never following
+    a symbolic link (a link is removed as a link) and never leaving the directory. `new_id` gives random
+    ids, `checksum` crc32/adler32.
     Stands in: nothing.
     """
 
     CAPABILITIES = ("utils.tempfiles", "utils.cleanup", "utils.ids")
 
     def setup(self) -> None:
+        self.own_dir = not self.config.get("dir")  # a fresh directory of ours goes with this incarnation
         self.dir = self.config.get("dir") or _fresh_dir("uua-")
         os.makedirs(self.dir, mode=0o700, exist_ok=True)
         self.dirfd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -69,6 +71,10 @@ class UnifiedUtilsAgent(EdgeAgent):
         with self.lock:
             os.close(self.dirfd)
             self.dirfd = -1
+            if self.own_dir:
+                import shutil
+
+                shutil.rmtree(self.dir, ignore_errors=True)  # removes links, never what they point at
 
     def _sweeper(self, every: float, max_age: float) -> None:
         while not self.stopping.wait(every):

@@ -50,7 +50,8 @@ class FileSystemAssistantAgent(EdgeAgent):
     """File operations confined to one directory.
 
     Real: write (create, overwrite, append), read, list, stat, mkdir, delete, move and find (name patterns
-    and text) inside the root (`config.root`, else a fresh `tempfile.mkdtemp()`), every path walked from a
+    and text) inside the root (`config.root`, else a fresh `tempfile.mkdtemp()`, removed at a clean stop),
+    every path walked from a
     descriptor of the root with O_NOFOLLOW: absolute paths, `..` and symbolic links (even ones pointing
     inside) are refused with bad_request; `export` stages a copy of a file in UnifiedUtilsAgent's
     temporary directory (to hand out, cleaned up by age there). Stands in: nothing.
@@ -60,6 +61,7 @@ class FileSystemAssistantAgent(EdgeAgent):
 
     def setup(self) -> None:
         root = self.config.get("root")
+        self.own_root = not root  # a fresh root of ours is scratch space: it goes at a clean stop
         if not root:
             import tempfile  # here: an agent given its root never loads it
 
@@ -72,6 +74,10 @@ class FileSystemAssistantAgent(EdgeAgent):
 
     def teardown(self) -> None:
         os.close(self.rootfd)
+        if self.own_root:
+            import shutil
+
+            shutil.rmtree(self.root, ignore_errors=True)  # removes links, never what they point at
 
     # ---- walking
     def _open_dir(self, name: str, dirfd: int, where: str) -> int:

@@ -460,6 +460,9 @@ def test_unified_utils_cleans_up_only_its_own_directory(pc2, tmp_path):
     assert uu("checksum", {"data": "hello"}) == {"algo": "crc32", "checksum": "3610a686", "bytes": 5}
     assert re.fullmatch(r"sess-[0-9a-f]{16}", uu("new_id", {"prefix": "sess"})["id"])
     assert pc2.call("ObservabilityHub_PC2", "metrics", {"source": "UnifiedUtilsAgent"})["removed"] == 3
+    # its directory was a fresh temporary one: a clean stop removes it, and the next incarnation gets another
+    pc2.call("sunsetd", "restart", {"agent": "UnifiedUtilsAgent"}, timeout=20)
+    assert not os.path.exists(directory) and uu("where")["dir"] != directory and outside.exists()
 
 
 def test_proactive_context_monitor_raises_what_is_new(pc2):
