@@ -287,7 +287,10 @@ def _read_yaml(path: Path, errors: list[str]) -> dict | None:
     return doc
 
 
-def _merge_file(path: Path, errors: list[str], chain: tuple[Path, ...] = ()) -> _Merged:
+def _merge_file(path: Path, errors: list[str], chain: tuple[Path, ...] = (),
+                cache: dict[Path, _Merged] | None = None) -> _Merged:
+    """`cache` keeps profiles that agents are taken `from`, so each is merged (and its errors reported) once."""
+    cache = {} if cache is None else cache
     real = path.resolve()
     if real in chain:
         errors.append(f"{path}: field 'extends': cycle {' -> '.join(p.name for p in chain + (real,))}")
@@ -306,7 +309,7 @@ def _merge_file(path: Path, errors: list[str], chain: tuple[Path, ...] = ()) -> 
             errors.append(f"{path}: field 'extends': expected a profile name")
         else:
             try:
-                merged = _merge_file(find_profile(parent, near=path.parent), errors, chain + (real,))
+                merged = _merge_file(find_profile(parent, near=path.parent), errors, chain + (real,), cache)
             except ProfileError as exc:
                 errors.extend(f"{path}: field 'extends': {e}" for e in exc.errors)
 
@@ -359,6 +362,13 @@ def _merge_file(path: Path, errors: list[str], chain: tuple[Path, ...] = ()) -> 
         raw = merged.agents.get(name)
         if raw is None:
             raw = merged.agents[name] = _RawAgent({}, {})
+        entry = dict(entry)
+        source = entry.pop("from", None)
+        if source is not None:  # the agent as another profile defines it, then this entry's overrides
+            defined = _definition_from(source, name, path, errors, chain + (real,), cache)
+            if defined is not None:
+                raw.fields.update(defined.fields)
+                raw.origin.update(defined.origin)
         for key, value in entry.items():
             if key in _NESTED and isinstance(value, dict) and isinstance(raw.fields.get(key), dict):
                 value = {**raw.fields[key], **value}
@@ -366,6 +376,28 @@ def _merge_file(path: Path, errors: list[str], chain: tuple[Path, ...] = ()) -> 
             raw.origin[key] = path
         raw.origin.setdefault("name", path)
     return merged
+
+
+def _definition_from(source: Any, name: str, path: Path, errors: list[str], chain: tuple[Path, ...],
+                     cache: dict[Path, _Merged]) -> _RawAgent | None:
+    """The raw entry of agent `name` in profile `source` (an agent entry's `from:`), so that a definition
+    lives in one profile (full) and smaller profiles pick agents from it by name."""
+    where = f"{path}: agent {name!r}: field 'from'"
+    if not isinstance(source, str):
+        errors.append(f"{where}: expected a profile name")
+        return None
+    try:
+        other = find_profile(source, near=path.parent)
+    except ProfileError as exc:
+        errors.extend(f"{where}: {e}" for e in exc.errors)
+        return None
+    key = other.resolve()
+    if key not in cache:
+        cache[key] = _merge_file(other, errors, chain, cache)
+    defined = cache[key].agents.get(name)
+    if defined is None:
+        errors.append(f"{where}: profile {source!r} has no agent {name!r}")
+    return defined
 
 
 def _convert(where: str, key: str, value: Any, schema: dict, errors: list[str]) -> Any:

@@ -87,6 +87,30 @@ def test_extends_inherits_overrides_and_adds(tmp_path):
     assert p.counts() == {"total": 3, "essential": 2, "eager": 2, "lazy": 1}
 
 
+def test_an_agent_taken_from_another_profile_with_overrides(tmp_path):
+    write(tmp_path, "catalog", BASE + """
+      - name: Heavy
+        run: agents.testing:Echo
+        lazy: true
+        depends_on: [A]
+        memory_mb: 300
+        config: {ballast_mb: 10}
+    """)
+    picker = write(tmp_path, "picker", """
+        agents:
+          - {name: A, from: catalog}
+          - {name: Heavy, from: catalog, lazy: false, memory_mb: 200}
+    """)
+    p = load_profile(str(picker))
+    heavy = p.agent("Heavy")
+    assert (heavy.run, heavy.depends_on, heavy.config) == ("agents.testing:Echo", ("A",), {"ballast_mb": 10})
+    assert not heavy.lazy and heavy.essential and heavy.memory_mb == 200
+    bad = write(tmp_path, "bad", "agents:\n  - {name: Ghost, from: catalog}\n  - {name: A, from: nowhere}\n")
+    errors = errors_of(bad)
+    assert any("agent 'Ghost': field 'from': profile 'catalog' has no agent 'Ghost'" in e for e in errors)
+    assert any("agent 'A': field 'from': profile 'nowhere' not found" in e for e in errors)
+
+
 @pytest.mark.parametrize("snippet, expected", [
     ("  - name: X\n    run: agents.testing:Echo\n    colour: blue\n",
      "agent 'X': unknown field 'colour'"),
