@@ -196,8 +196,8 @@ def test_intention_validator_checks_heavy_work_with_the_twin(daemon):
 
 # ---- reasoning -----------------------------------------------------------------------------------------
 def test_chain_of_thought_solves_step_by_step(daemon):
-    r = first_request(daemon, "ChainOfThoughtAgent", "solve",
-                      {"problem": "Alice has 5 apples. She buys 3 more and gives away 2. How many apples does she have?"})
+    problem = "Alice has 5 apples. She buys 3 more and gives away 2. How many apples does she have?"
+    r = first_request(daemon, "ChainOfThoughtAgent", "solve", {"problem": problem})
     assert r["expression"] == "((5 + 3) - 2)" and r["answer"] == 6 and r["verified"] is True
     assert [s["text"] for s in r["steps"]] == ["5 + 3 = 8", "8 - 2 = 6"]
     r = daemon.call("ChainOfThoughtAgent", "solve", "What is 3 plus 4 times 2?")
@@ -208,8 +208,10 @@ def test_chain_of_thought_solves_step_by_step(daemon):
     assert error_code(daemon.call, "ChainOfThoughtAgent", "solve", {"problem": "__import__('os')"}) == "bad_request"
     d = daemon.call("ChainOfThoughtAgent", "deduce", {
         "facts": ["it rains", "I am outside"], "goal": "I get wet",
-        "rules": [{"if": ["it rains", "I am outside"], "then": "I get wet"}, {"if": ["I get wet"], "then": "I am cold"}]})
-    assert d["proved"] is True and d["derived"] == ["i get wet", "i am cold"] and d["given"] == ["i am outside", "it rains"]
+        "rules": [{"if": ["it rains", "I am outside"], "then": "I get wet"},
+                  {"if": ["I get wet"], "then": "I am cold"}]})
+    assert d["proved"] is True and d["derived"] == ["i get wet", "i am cold"]
+    assert d["given"] == ["i am outside", "it rains"]
     model = pinned(daemon, "cot-reasoner")  # admitted by the twin and pinned in the model budget
     assert model["owner"] == "ChainOfThoughtAgent" and model["mb"] == 2 and model["uses"] == 4
 
@@ -304,7 +306,8 @@ def test_learning_manager_traces_mastery_and_labels_with_the_coordinator(daemon)
     assert masteries == [0.6, 0.8903, 0.5781, 0.8814, 0.9753] and r["mastered"] is True
     daemon.call("LearningManager", "record", {"learner": "ann", "skill": "decimals", "correct": False})
     progress = daemon.call("LearningManager", "progress", {"learner": "ann"})
-    assert [s["skill"] for s in progress["skills"]] == ["decimals", "fractions"] and progress["mastered"] == ["fractions"]
+    assert [s["skill"] for s in progress["skills"]] == ["decimals", "fractions"]
+    assert progress["mastered"] == ["fractions"]
     assert daemon.call("MemoryClient", "get", {"ns": "mastery", "key": "ann/fractions"})["value"]["attempts"] == 5
     labels = daemon.call("LearningManager", "label", {"texts": ["good morning", "xyzzy"]})["labels"]
     assert [(x["label"], x["margin"]) for x in labels] == [("greeting", 1.0), ("unknown", 0.0)]
@@ -342,12 +345,14 @@ def test_self_training_pseudo_labels_and_pins_its_model(daemon):
 def test_local_fine_tuner_adds_an_adapter_to_a_self_trained_model(daemon):
     food = [{"text": "order a pizza", "label": "food"}, {"text": "pizza delivery please", "label": "food"}]
     r = first_request(daemon, "LocalFineTunerAgent", "finetune",
-                      {"base": "intents", "examples": food, "eval": EXAMPLES + [{"text": "order pizza", "label": "food"}]})
+                      {"base": "intents", "examples": food,
+                       "eval": EXAMPLES + [{"text": "order pizza", "label": "food"}]})
     assert r["labels"] == ["booking", "food", "weather"]
     assert (r["accuracy_before"], r["accuracy_after"]) == (0.8889, 1.0)  # the base never saw "food"
     assert daemon.call("LocalFineTunerAgent", "predict", {"name": "intents+ft", "text": "pizza"})["label"] == "food"
     assert daemon.call("SelfTrainingOrchestrator", "models")["intents"]["labels"] == ["booking", "weather"]
-    assert error_code(daemon.call, "LocalFineTunerAgent", "finetune", {"base": "nope", "examples": food}) == "agent_error"
+    assert error_code(daemon.call, "LocalFineTunerAgent", "finetune",
+                      {"base": "nope", "examples": food}) == "agent_error"
 
 
 def test_learning_adjuster_tunes_the_threshold_and_reduces_the_rate_on_plateau(daemon):
