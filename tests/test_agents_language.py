@@ -1,5 +1,5 @@
 """The lazy agents of the language, utility and audio groups (and FaceRecognitionAgent, which Responder
-needs), through a real daemon running tests/profiles/agents_lazy.yaml. tests/test_agents_lazy.py covers
+needs), through a real daemon running the full profile. tests/test_agents_lazy.py covers
 the core optional, reasoning, learning and emotion groups on the same profile.
 
 One daemon serves the whole module. Every agent here is lazy and is started by its first request in its
@@ -32,7 +32,7 @@ from agents.vision import synthetic_face
 
 pytestmark = pytest.mark.slow
 
-PROFILE = TEST_PROFILES / "agents_lazy.yaml"
+PROFILE = "full"
 AGENTS = {
     "NLUAgent": "agents.language:NLUAgent",
     "AdvancedCommandHandler": "agents.language:AdvancedCommandHandler",
@@ -105,7 +105,7 @@ def say(d, stream: str, text: str, pad_ms: int = 400) -> None:
 # ---- the profile ---------------------------------------------------------------------------------------
 def test_lazy_agents_wait_for_their_first_request(daemon):
     status = daemon.status()
-    assert status["counts"]["ready"] == 16 and status["counts"]["total"] == 55
+    assert status["counts"]["ready"] == 24 and status["counts"]["total"] == 77
     lazy = {a["name"]: a["state"] for a in status["agents"] if a["lazy"]}
     assert set(AGENTS) | {"FaceRecognitionAgent"} <= set(lazy) and set(lazy.values()) == {"stopped"}
 

@@ -1,5 +1,5 @@
 """The lazy agents of the core optional, reasoning, learning and emotion groups, through a real daemon
-running core plus every lazy agent of issue #3's language-side groups (tests/profiles/agents_lazy.yaml).
+running the full profile (profiles/full.yaml), where all of them are lazy.
 tests/test_agents_language.py covers the language, utility and audio groups on the same profile.
 
 One daemon serves the whole module. Every agent here is lazy: each is started by its first request in
@@ -26,7 +26,7 @@ from agents.speech import RATE, to_pcm
 
 pytestmark = pytest.mark.slow
 
-PROFILE = TEST_PROFILES / "agents_lazy.yaml"
+PROFILE = "full"
 AGENTS = {
     "UnifiedSystemAgent": "agents.core_optional:UnifiedSystemAgent",
     "ModelOrchestrator": "agents.core_optional:ModelOrchestrator",
@@ -107,21 +107,21 @@ def glide(f0: float, f1: float, ms: int, amp: float, vibrato_st: float = 0.0) ->
 # ---- the profile ---------------------------------------------------------------------------------------
 def test_only_core_runs_until_the_first_requests(daemon):
     status = daemon.status()
-    assert status["profile"] == "agents_lazy" and status["state"] == "running"
-    assert status["counts"] == {"total": 55, "ready": 16, "essential": 16, "essential_ready": 16, "failed": 0}
+    assert status["profile"] == "full" and status["state"] == "running"
+    assert status["counts"] == {"total": 77, "ready": 24, "essential": 24, "essential_ready": 24, "failed": 0}
     lazy = {a["name"]: a for a in status["agents"] if a["lazy"]}
-    assert len(lazy) == 39 and set(AGENTS) <= set(lazy)
+    assert len(lazy) == 53 and set(AGENTS) <= set(lazy)
     assert all(a["state"] == "stopped" and not a["essential"] for a in lazy.values())
 
 
 # ---- core optional -------------------------------------------------------------------------------------
 def test_unified_system_agent_overview_and_diagnosis(daemon):
     o = first_request(daemon, "UnifiedSystemAgent", "overview")
-    assert o["profile"] == "agents_lazy" and o["agents"] == 55 and o["lazy_running"] == ["UnifiedSystemAgent"]
-    assert o["agents_by_state"] == {"ready": 17, "stopped": 38}
+    assert o["profile"] == "full" and o["agents"] == 77 and o["lazy_running"] == ["UnifiedSystemAgent"]
+    assert o["agents_by_state"] == {"ready": 25, "stopped": 52}
     assert o["health"]["score"] == 100 and o["health"]["critical"] == 0  # idle lazy agents are healthy
     assert o["host"]["cpus"] >= 1 and len(o["top_rss"]) == 3
-    assert re.match(r"agents_lazy: running, 17/55 agents ready \(1 lazy running\), health 100%, 0 critical alerts, "
+    assert re.match(r"full: running, 25/77 agents ready \(1 lazy running\), health 100%, 0 critical alerts, "
                     r"\d+ MB free on the host$", o["summary"])
     d = daemon.call("UnifiedSystemAgent", "diagnose", {"agent": "MemoryClient"})
     assert (d["state"], d["verdict"], d["lazy"]) == ("ready", "healthy", False) and d["rss_mb"] > 5
