@@ -109,6 +109,8 @@ def main() -> int:
             row("first request to a cold lazy agent", [t for _, t, _ in lat]),
             row("... with no lazy dependency to start", solo),
         ]))
+        stop_lazy(d)
+        time.sleep(1.0)
         base = memory(d)
         answered, ready = all_running(d, lazy)
         time.sleep(2.0)  # let setup() allocations settle before reading memory
