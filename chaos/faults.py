@@ -27,7 +27,7 @@ from sunsetd.client import Client, DaemonUnreachable, RemoteError
 POLL_S = 0.01
 # Below the default restart intensity (more than 5 restarts within 60 s opens the circuit): the
 # crashloop scenario is the one that exercises the circuit, on an agent of the harness's own.
-KILLS_PER_AGENT_PER_MINUTE = 3
+KILLS_PER_AGENT_PER_MINUTE = 4
 SETTLE_S = 0.3  # quiet time between faults, after everything is ready again
 
 # Defaults of --sla-ms, per scenario (ms from injection to recovery; crashloop: from healing).
@@ -54,6 +54,8 @@ CHAOS_AGENTS = """
     run: agents.testing:Echo
     essential: false
     max_rss_mb: 120
+    stable_s: 0  # every memory fault is a first failure: restarted at once, never by the breaker
+    intensity: {{max_restarts: 1000, within_s: 60, cooldown_s: 3}}
 """
 
 
@@ -175,12 +177,26 @@ class Chaos:
     def running_agents(self) -> list[dict]:
         return [a for a in self.status()["agents"] if a["state"] == "ready" and a["pid"]]
 
-    def eligible(self, agents: list[dict]) -> list[dict]:
-        """Agents of the profile under test that we may kill now: at most KILLS_PER_AGENT_PER_MINUTE
-        recent kills each, so a run measures recovery rather than the restart-intensity limit."""
+    def may_kill(self, name: str) -> bool:
+        """At most KILLS_PER_AGENT_PER_MINUTE recent kills per agent, so that a run measures recovery
+        rather than the restart-intensity limit (the crashloop scenario measures that)."""
         now = self.ledger.now()
-        return [a for a in agents if not a["name"].startswith("Chaos")
-                and sum(now - t < 60.0 for t in self.recent_kills.get(a["name"], [])) < KILLS_PER_AGENT_PER_MINUTE]
+        return (not name.startswith("Chaos")
+                and sum(now - t < 60.0 for t in self.recent_kills.get(name, [])) < KILLS_PER_AGENT_PER_MINUTE)
+
+    def wait_for(self, choose: Callable[[], list]) -> list:
+        """choose() until it offers something: when every agent has had its share of kills, wait for the
+        oldest kill to leave the window."""
+        while True:
+            options = choose()
+            if options:
+                return options
+            now = self.ledger.now()
+            oldest = min((t for ts in self.recent_kills.values() for t in ts if now - t < 60.0), default=now)
+            time.sleep(max(0.05, oldest + 60.0 - now))
+
+    def eligible(self, agents: list[dict]) -> list[dict]:
+        return self.wait_for(lambda: [a for a in agents if self.may_kill(a["name"])])
 
     def note_kill(self, name: str) -> None:
         self.recent_kills.setdefault(name, []).append(self.ledger.now())
@@ -284,9 +300,11 @@ def cascade(chaos: Chaos, round_no: int) -> Fault:
                     frontier.append(other)
         return found
 
-    roots = [a["name"] for a in chaos.eligible(list(running.values()))
-             if any(a["name"] in other["depends_on"] for other in running.values())]
-    root = chaos.rng.choice(roots)
+    def groups() -> list[str]:  # roots that have dependents, with every member still within its share
+        return [name for name in running if any(name in other["depends_on"] for other in running.values())
+                and all(chaos.may_kill(member) for member in with_dependents(name))]
+
+    root = chaos.rng.choice(chaos.wait_for(groups))
     group = sorted(with_dependents(root))
     fault = Fault("cascade", round_no, group, chaos.ledger.now(), chaos.sla_ms["cascade"])
     for name in group:

@@ -112,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     ledger = Ledger(t0)
     context = zmq.Context()
     exit_code = 0
+    clients: list[LoadClient] = []
     try:
         if daemon is not None:
             say(f"starting sunsetd --profile {args.profile} (+ chaos agents) in {runtime_dir}")
@@ -201,6 +202,10 @@ def main(argv: list[str] | None = None) -> int:
             say("PASS: nothing lost, nothing wrong, every fault recovered within its SLA")
         return exit_code
     finally:
+        for client in clients:  # their sockets must be closed before the context goes
+            client.stop()
+        for client in clients:
+            client.join()
         if daemon is not None and daemon.proc is not None and daemon.proc.poll() is None:
             daemon.proc.kill()
         context.destroy(linger=0)
