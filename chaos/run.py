@@ -150,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
                 time.sleep(SETTLE_S)
                 start = ledger.now()
                 fault = INJECTORS[scenario](chaos, n)
+                chaos.prober.drain()  # read the probes still out now, so their times are the daemon's, not ours
                 fault.window = (start, ledger.now() + SETTLE_S)
                 faults.append(fault)
                 say(f"{scenario:<9} #{n:<3} {', '.join(fault.targets)[:48]:<48} detect {_ms(fault.ms(fault.detected))} "
