@@ -319,9 +319,9 @@ def daemon(chaos: Chaos, round_no: int, restart_after_s: float = 1.0) -> Fault:
     """SIGKILL sunsetd itself; start it again after RestartSec, as the unit's Restart=on-failure does."""
     old_pids = [a["pid"] for a in chaos.status()["agents"] if a["pid"]]
     fault = Fault("daemon", round_no, ["sunsetd"], chaos.ledger.now(), chaos.sla_ms["daemon"])
-    chaos.daemon.kill()
-    chaos.daemon_kills.append(fault.injected)
+    chaos.daemon.kill()  # SIGKILL, then wait for its death: requests sent until then may be inside it
     fault.detected = chaos.ledger.now()  # the supervisor of the daemon (systemd, here us) sees it at once
+    chaos.daemon_kills.append(fault.detected)
     fault.checks["no agent of the killed daemon survives 2 s"] = all(_gone_within(pid, 2.0) for pid in old_pids)
     time.sleep(max(0.0, fault.injected + restart_after_s - chaos.ledger.now()))
     chaos.daemon.start()

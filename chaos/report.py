@@ -8,6 +8,8 @@ from pathlib import Path
 from faults import Fault
 from load import REPLY_SLACK_S, Record
 
+DEATH_NOTICE_S = 0.01  # how long after a peer's death a client's ZeroMQ may still write into its connection
+
 
 def percentile(values: list[float], q: float) -> float | None:
     if not values:
@@ -22,9 +24,12 @@ def classify(record: Record, daemon_kills: list[float]) -> str:
         return "duplicate"
     if record.replies == 1:
         return "answered"
-    # Outstanding at the instant the daemon was SIGKILLed: held by a process that no longer exists. A
-    # client cannot get an answer from a dead daemon; these are counted, and not as lost.
-    if any(record.sent <= kill <= record.sent + record.timeout_s + REPLY_SLACK_S for kill in daemon_kills):
+    # Outstanding when the SIGKILLed daemon died: held by a process that no longer exists, or written by
+    # the client's ZeroMQ into the dead connection in the moment before it saw the connection drop
+    # (DEATH_NOTICE_S). A client cannot get an answer from a dead daemon; these are counted, not as lost.
+    # Requests sent later wait in the client's queue and are answered by the next daemon.
+    if any(record.sent <= death + DEATH_NOTICE_S and death <= record.sent + record.timeout_s + REPLY_SLACK_S
+           for death in daemon_kills):
         return "died_with_daemon"
     return "lost"
 
