@@ -29,7 +29,6 @@ from faults import CHAOS_AGENTS, INJECTORS, SCENARIOS, SETTLE_S, SLA_MS, Chaos, 
 from load import Ledger, LoadClient, Target  # noqa: E402
 from report import account, plot, scenario_rows, table, write_json  # noqa: E402
 
-from sunsetd.client import DaemonUnreachable, RemoteError  # noqa: E402
 from sunsetd.profile import ProfileError, find_profile  # noqa: E402
 
 NEEDS = {"crashloop": "ChaosFlaky", "memory": "ChaosHog", "flood": "ChaosEcho"}

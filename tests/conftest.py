@@ -2,6 +2,7 @@
 every test leaves no process of its own behind."""
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -10,7 +11,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import psutil
 import pytest
@@ -139,6 +140,36 @@ class DaemonProcess:
             raise AssertionError(f"sunsetd did not stop within {timeout}s after SIGTERM:\n{self.log()[-4000:]}")
         finally:
             self.log_file.close()
+
+
+def error_code(fn: Callable, *args: Any, **kwargs: Any) -> str:
+    """The code of the RemoteError that fn(*args, **kwargs) must raise."""
+    with pytest.raises(RemoteError) as info:
+        fn(*args, **kwargs)
+    return info.value.code
+
+
+@contextlib.contextmanager
+def module_daemon(profile: str | Path) -> Iterator[DaemonProcess]:
+    """A daemon shared by a whole test module (one start for many tests), on its own short runtime
+    directory; at the end it must stop with exit code 0 and leave no process of its own."""
+    runtime_dir = Path(tempfile.mkdtemp(prefix="sd-", dir="/tmp"))
+    daemon = DaemonProcess(runtime_dir, profile).start()
+    try:
+        daemon.wait_ready(timeout=60)
+        yield daemon
+    finally:
+        code = daemon.terminate()
+        try:
+            wait_until(lambda: not processes_using(runtime_dir), 10, what=f"processes of {runtime_dir} to exit")
+        finally:
+            leftovers = processes_using(runtime_dir)
+            for proc in leftovers:
+                proc.kill()
+            log = daemon.log()
+            shutil.rmtree(runtime_dir, ignore_errors=True)
+        assert not leftovers, f"processes left behind: {[p.info.get('cmdline') for p in leftovers]}"
+        assert code == 0, f"sunsetd exited {code}:\n{log[-4000:]}"
 
 
 @pytest.fixture

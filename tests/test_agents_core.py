@@ -7,14 +7,10 @@ One daemon serves the whole module (starting 16 agents takes seconds). Tests tha
 from __future__ import annotations
 
 import re
-import shutil
-import tempfile
-from pathlib import Path
 
 import pytest
 
-from conftest import REPO, DaemonProcess, processes_using, wait_until
-from sunsetd.client import RemoteError
+from conftest import REPO, error_code, module_daemon
 
 pytestmark = pytest.mark.slow
 
@@ -44,29 +40,9 @@ STT_MODEL, TTS_MODEL = "stt-tone-decoder", "tts-tone-voice"
 def core():
     """One core daemon for the module, on its own short runtime directory; at the end it must stop with
     exit code 0 and leave no process of its own."""
-    runtime_dir = Path(tempfile.mkdtemp(prefix="sd-", dir="/tmp"))
-    daemon = DaemonProcess(runtime_dir, CORE).start()
-    try:
-        daemon.wait_ready(timeout=60)
+    with module_daemon(CORE) as daemon:
         yield daemon
-    finally:
-        code = daemon.terminate()
-        try:
-            wait_until(lambda: not processes_using(runtime_dir), 10, what=f"processes of {runtime_dir} to exit")
-        finally:
-            leftovers = processes_using(runtime_dir)
-            for proc in leftovers:
-                proc.kill()
-            log = daemon.log()
-            shutil.rmtree(runtime_dir, ignore_errors=True)
-        assert not leftovers, f"processes left behind: {[p.info.get('cmdline') for p in leftovers]}"
-        assert code == 0, f"sunsetd exited {code}:\n{log[-4000:]}"
 
-
-def error_code(fn, *args, **kwargs) -> str:
-    with pytest.raises(RemoteError) as info:
-        fn(*args, **kwargs)
-    return info.value.code
 
 
 def model(core, name: str) -> dict | None:

@@ -24,7 +24,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from conftest import REPO, TEST_PROFILES, DaemonProcess, processes_using, wait_until
+from conftest import REPO, error_code, module_daemon, wait_until
 from sunsetd.client import Client, RemoteError
 
 from agents.audio import DEFAULT_RULES
@@ -59,29 +59,9 @@ KILLED = {"NLLBAdapter", "Executor"}  # killed on purpose by their tests
 def daemon():
     """One daemon for the module, on its own short runtime directory; at the end it must stop with
     exit code 0 and leave no process of its own."""
-    runtime_dir = Path(tempfile.mkdtemp(prefix="sd-", dir="/tmp"))
-    daemon = DaemonProcess(runtime_dir, PROFILE).start()
-    try:
-        daemon.wait_ready(timeout=60)
+    with module_daemon(PROFILE) as daemon:
         yield daemon
-    finally:
-        code = daemon.terminate()
-        try:
-            wait_until(lambda: not processes_using(runtime_dir), 10, what=f"processes of {runtime_dir} to exit")
-        finally:
-            leftovers = processes_using(runtime_dir)
-            for proc in leftovers:
-                proc.kill()
-            log = daemon.log()
-            shutil.rmtree(runtime_dir, ignore_errors=True)
-        assert not leftovers, f"processes left behind: {[p.info.get('cmdline') for p in leftovers]}"
-        assert code == 0, f"sunsetd exited {code}:\n{log[-4000:]}"
 
-
-def error_code(fn, *args, **kwargs) -> str:
-    with pytest.raises(RemoteError) as info:
-        fn(*args, **kwargs)
-    return info.value.code
 
 
 def first_request(d, agent: str, op: str, body=None, timeout: float = 20.0):

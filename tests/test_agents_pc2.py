@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO, TEST_PROFILES, DaemonProcess, processes_using, wait_until
+from conftest import REPO, error_code, module_daemon, wait_until
 from sunsetd.client import Client, RemoteError
 
 from agents.dream import GridWorld
@@ -118,30 +118,12 @@ def pc2(web):
     profile = profile_dir / "agents_pc2_web.yaml"
     profile.write_text(yaml.safe_dump({"name": "agents_pc2", "extends": str(PROFILE), "agents": [
         {"name": "UnifiedWebAgent", "config": {**web_config, "allow": [f"{web}/public/"]}}]}))
-    runtime_dir = Path(tempfile.mkdtemp(prefix="sd-", dir="/tmp"))
-    daemon = DaemonProcess(runtime_dir, profile).start()
     try:
-        daemon.wait_ready(timeout=60)
-        yield daemon
+        with module_daemon(profile) as daemon:
+            yield daemon
     finally:
-        code = daemon.terminate()
-        try:
-            wait_until(lambda: not processes_using(runtime_dir), 10, what=f"processes of {runtime_dir} to exit")
-        finally:
-            leftovers = processes_using(runtime_dir)
-            for proc in leftovers:
-                proc.kill()
-            log = daemon.log()
-            shutil.rmtree(runtime_dir, ignore_errors=True)
-            shutil.rmtree(profile_dir, ignore_errors=True)
-        assert not leftovers, f"processes left behind: {[p.info.get('cmdline') for p in leftovers]}"
-        assert code == 0, f"sunsetd exited {code}:\n{log[-4000:]}"
+        shutil.rmtree(profile_dir, ignore_errors=True)
 
-
-def error_code(fn, *args, **kwargs) -> str:
-    with pytest.raises(RemoteError) as info:
-        fn(*args, **kwargs)
-    return info.value.code
 
 
 def error(fn, *args, **kwargs) -> RemoteError:

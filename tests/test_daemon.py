@@ -18,7 +18,7 @@ import psutil
 import pytest
 import zmq
 
-from conftest import REPO, TEST_PROFILES, processes_using, wait_until
+from conftest import REPO, TEST_PROFILES, error_code, processes_using, wait_until
 from sunsetd.client import Client, RemoteError
 
 pytestmark = pytest.mark.slow
@@ -27,11 +27,6 @@ MINI = TEST_PROFILES / "mini.yaml"
 FAULTS = TEST_PROFILES / "faults.yaml"
 CRASHY = TEST_PROFILES / "crashy.yaml"
 
-
-def error_code(fn, *args, **kwargs) -> str:
-    with pytest.raises(RemoteError) as info:
-        fn(*args, **kwargs)
-    return info.value.code
 
 
 def new_pid_answers(d, name: str, old_pid: int, timeout: float = 15.0) -> int:
