@@ -149,6 +149,19 @@ def error_code(fn: Callable, *args: Any, **kwargs: Any) -> str:
     return info.value.code
 
 
+def first_request(d: "DaemonProcess", agent: str, op: str, body: Any = None, timeout: float = 20.0) -> Any:
+    """A lazy agent's first request: it was stopped, the request starts it, and it stays ready."""
+    assert d.agent(agent)["state"] == "stopped"
+    out = d.call(agent, op, body, timeout=timeout)
+    assert d.agent(agent)["state"] == "ready"
+    return out
+
+
+def model_in_budget(d: "DaemonProcess", name: str) -> dict | None:
+    """ModelManagerSuite's entry for a model (loaded or pinned by an agent), or None."""
+    return next((m for m in d.call("ModelManagerSuite", "status")["models"] if m["name"] == name), None)
+
+
 @contextlib.contextmanager
 def module_daemon(profile: str | Path) -> Iterator[DaemonProcess]:
     """A daemon shared by a whole test module (one start for many tests), on its own short runtime

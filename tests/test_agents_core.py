@@ -10,7 +10,7 @@ import re
 
 import pytest
 
-from conftest import REPO, error_code, module_daemon
+from conftest import REPO, error_code, module_daemon, model_in_budget as model
 
 pytestmark = pytest.mark.slow
 
@@ -42,11 +42,6 @@ def core():
     exit code 0 and leave no process of its own."""
     with module_daemon(CORE) as daemon:
         yield daemon
-
-
-
-def model(core, name: str) -> dict | None:
-    return next((m for m in core.call("ModelManagerSuite", "status")["models"] if m["name"] == name), None)
 
 
 def pull_playback(core, playback_id: str) -> tuple[bytes, list[int]]:

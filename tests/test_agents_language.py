@@ -24,7 +24,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from conftest import REPO, error_code, module_daemon, wait_until
+from conftest import REPO, error_code, module_daemon, wait_until, first_request, model_in_budget as pinned
 from sunsetd.client import Client, RemoteError
 
 from agents.audio import DEFAULT_RULES
@@ -61,19 +61,6 @@ def daemon():
     exit code 0 and leave no process of its own."""
     with module_daemon(PROFILE) as daemon:
         yield daemon
-
-
-
-def first_request(d, agent: str, op: str, body=None, timeout: float = 20.0):
-    """A lazy agent's first request: it was stopped, the request starts it, and it stays ready."""
-    assert d.agent(agent)["state"] == "stopped"
-    out = d.call(agent, op, body, timeout=timeout)
-    assert d.agent(agent)["state"] == "ready"
-    return out
-
-
-def pinned(d, model: str) -> dict | None:
-    return next((m for m in d.call("ModelManagerSuite", "status")["models"] if m["name"] == model), None)
 
 
 def say(d, stream: str, text: str, pad_ms: int = 400) -> None:

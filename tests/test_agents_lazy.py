@@ -16,7 +16,7 @@ from fractions import Fraction
 
 import pytest
 
-from conftest import error_code, module_daemon
+from conftest import error_code, module_daemon, first_request, model_in_budget as pinned
 
 from agents.speech import RATE, to_pcm
 
@@ -54,19 +54,6 @@ def daemon():
     exit code 0 and leave no process of its own."""
     with module_daemon(PROFILE) as daemon:
         yield daemon
-
-
-
-def first_request(d, agent: str, op: str, body=None, timeout: float = 20.0):
-    """A lazy agent's first request: it was stopped, the request starts it, and it stays ready."""
-    assert d.agent(agent)["state"] == "stopped"
-    out = d.call(agent, op, body, timeout=timeout)
-    assert d.agent(agent)["state"] == "ready"
-    return out
-
-
-def pinned(d, model: str) -> dict | None:
-    return next((m for m in d.call("ModelManagerSuite", "status")["models"] if m["name"] == model), None)
 
 
 def glide(f0: float, f1: float, ms: int, amp: float, vibrato_st: float = 0.0) -> bytes:
