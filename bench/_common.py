@@ -24,6 +24,7 @@ from typing import Any, Callable, Sequence
 import psutil
 import zmq
 
+from sunsetd.rundir import processes_using  # noqa: F401 (used by the modules importing from here)
 from sunsetd.client import Client, RemoteError  # noqa: F401 (re-exported for the scripts)
 
 REPO = Path(__file__).resolve().parent.parent
@@ -108,21 +109,6 @@ def print_header(title: str) -> None:
 def new_runtime_dir() -> Path:
     """A fresh, short runtime directory: ipc:// paths must fit in sun_path (107 bytes)."""
     return Path(tempfile.mkdtemp(prefix="sd-", dir="/tmp"))
-
-
-def processes_using(runtime_dir: Path) -> list[psutil.Process]:
-    """Every live process whose command line names this runtime directory (the daemon and its agents)."""
-    marker = str(runtime_dir)
-    found = []
-    for proc in psutil.process_iter(["cmdline", "status"]):
-        try:
-            if proc.info["status"] == psutil.STATUS_ZOMBIE:
-                continue
-            if any(marker in arg for arg in proc.info["cmdline"] or ()):
-                found.append(proc)
-        except psutil.Error:
-            continue
-    return found
 
 
 def sunsetd_command() -> list[str]:

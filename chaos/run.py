@@ -30,6 +30,7 @@ from load import Ledger, LoadClient, Target  # noqa: E402
 from report import account, plot, scenario_rows, table, write_json  # noqa: E402
 
 from sunsetd.profile import ProfileError, find_profile  # noqa: E402
+from sunsetd.rundir import processes_using  # noqa: E402
 
 NEEDS = {"crashloop": "ChaosFlaky", "memory": "ChaosHog", "flood": "ChaosEcho"}
 
@@ -171,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
             if code != 0:
                 say(f"sunsetd exited with {code} at the end (its log: {daemon.log_path})")
                 exit_code = 1
-            left = _processes_using(runtime_dir)
+            left = [p.pid for p in processes_using(runtime_dir)]
             if left:
                 say(f"processes left behind: {left}")
                 exit_code = 1
@@ -217,19 +218,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def _ms(value: float | None) -> str:
     return "      -" if value is None else f"{value:7.1f}ms"
-
-
-def _processes_using(runtime_dir: Path) -> list[int]:
-    import psutil
-
-    found = []
-    for proc in psutil.process_iter(["cmdline", "status"]):
-        try:
-            if proc.info["status"] != psutil.STATUS_ZOMBIE and any(str(runtime_dir) in a for a in proc.info["cmdline"] or ()):
-                found.append(proc.pid)
-        except psutil.Error:
-            continue
-    return found
 
 
 if __name__ == "__main__":

@@ -10,6 +10,8 @@ import fcntl
 import os
 from pathlib import Path
 
+import psutil
+
 FRONT_SOCKET = "sunsetd.sock"
 AGENTS_SOCKET = "agents.sock"
 LOCK_FILE = "sunsetd.lock"
@@ -96,3 +98,18 @@ class RuntimeLock:
                 pass
         os.close(self.fd)  # closing drops the flock
         self.fd = None
+
+
+def processes_using(runtime_dir: Path) -> list[psutil.Process]:
+    """Every live process whose command line names this runtime directory: a daemon started on it and
+    its agents (exec'd ones carry --runtime-dir, forked ones the zygote's command line). What tests,
+    benchmarks and the chaos harness check to prove nothing was left behind."""
+    marker = str(runtime_dir)
+    found = []
+    for proc in psutil.process_iter(["cmdline", "status"]):
+        try:
+            if proc.info["status"] != psutil.STATUS_ZOMBIE and any(marker in a for a in proc.info["cmdline"] or ()):
+                found.append(proc)
+        except psutil.Error:
+            continue
+    return found

@@ -16,25 +16,11 @@ from typing import Any, Callable, Iterator
 import psutil
 import pytest
 
+from sunsetd.rundir import processes_using  # noqa: F401 (used by the modules importing from here)
 from sunsetd.client import Client, RemoteError
 
 REPO = Path(__file__).resolve().parent.parent
 TEST_PROFILES = REPO / "tests" / "profiles"
-
-
-def processes_using(runtime_dir: Path) -> list[psutil.Process]:
-    """Every live process whose command line names this runtime directory (the daemon and its agents)."""
-    marker = str(runtime_dir)
-    found = []
-    for proc in psutil.process_iter(["cmdline", "status"]):
-        try:
-            if proc.info["status"] == psutil.STATUS_ZOMBIE:
-                continue
-            if any(marker in arg for arg in proc.info["cmdline"] or ()):
-                found.append(proc)
-        except psutil.Error:
-            continue
-    return found
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0.05, what: str = "condition") -> Any:
