@@ -211,6 +211,8 @@ class AgentRuntime:
         raise CallError(str(error.get("code")), str(error.get("message")))
 
     def _run_handler(self, rid: int, op: str, body: Any, deadline: float) -> None:
+        if time.time() > deadline:
+            return  # it waited in our queue past its deadline: the daemon has answered it `timeout`
         self.local.deadline = deadline
         try:
             result = {"id": rid, "ok": True, "body": self.agent.dispatch(op, body)}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import os
 import time
+import traceback
 from collections import Counter
 from pathlib import Path
 from typing import Any, Callable
@@ -98,7 +99,17 @@ class Router:
                 frames = self.front.recv_multipart(zmq.NOBLOCK, copy=True)
             except zmq.Again:
                 return
-            self._on_front_message(frames)
+            try:
+                self._on_front_message(frames)
+            except Exception:  # a bug of ours must not let one frame take the daemon and its agents down
+                self._internal_error("front")
+
+    def _internal_error(self, where: str) -> None:
+        """Log and count an unexpected exception while handling one message. A request it concerned has
+        its deadline timer already, so it still gets its one reply (`timeout`)."""
+        self.counters[f"internal_errors_{where}"] += 1
+        logs.event(logs.DAEMON, "internal_error", f"while handling a frame on the {where} socket:\n"
+                   + traceback.format_exc(), "ERROR")
 
     def _on_front_message(self, frames: list[bytes]) -> None:
         if len(frames) < 2:
@@ -206,23 +217,29 @@ class Router:
                     pass
         self.fail(p, ErrorCode.TIMEOUT, f"no reply from {p.to} within {(p.deadline - p.received_at) * 1000:.0f}ms "
                                          f"(request was {where})")
+        if slot is not None and where == "in flight":
+            self._flush(slot)  # its place in flight is free: the queue behind it moves on
 
     # ---- agents socket
     def on_agents_readable(self) -> None:
         for _ in range(BATCH):
-            try:
-                frames = self.agents.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
+            if not self._read_agent_message():
                 return
-            self._on_agent_message(frames)
 
     def drain_agents(self) -> None:
-        while True:
-            try:
-                frames = self.agents.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
+        while self._read_agent_message():
+            pass
+
+    def _read_agent_message(self) -> bool:
+        try:
+            frames = self.agents.recv_multipart(zmq.NOBLOCK)
+        except zmq.Again:
+            return False
+        try:
             self._on_agent_message(frames)
+        except Exception:
+            self._internal_error("agents")
+        return True
 
     def await_last_replies(self, slot: AgentSlot, timeout_s: float) -> None:
         """An agent that exited cleanly wrote its last replies before exiting, but libzmq's I/O thread
@@ -256,6 +273,8 @@ class Router:
         p = slot.inflight.pop(rid, None)
         if p is None:
             self.counters["late_replies"] += 1  # its request was already answered (timeout)
+            if slot.queue:
+                self._flush(slot)
             return
         if ok:
             self._finish(p, protocol.ok_reply(p.client_id, value))
@@ -281,10 +300,14 @@ class Router:
         elif t.new is State.FAILED:
             self._fail_queue(slot, ErrorCode.UNAVAILABLE, self._unavailable_message(slot))
         elif t.new is State.STOPPED and not slot.wanted:
-            if self.shutting_down:
-                self._fail_queue(slot, ErrorCode.SHUTTING_DOWN, "sunsetd is shutting down")
-            else:
-                self._fail_queue(slot, ErrorCode.UNAVAILABLE, f"{slot.name} was stopped ({t.reason})")
+            self.agent_stopped(slot, t.reason)
+
+    def agent_stopped(self, slot: AgentSlot, reason: str) -> None:
+        """The agent is stopped and meant to stay so: what waits for it gets its answer now."""
+        if self.shutting_down:
+            self._fail_queue(slot, ErrorCode.SHUTTING_DOWN, "sunsetd is shutting down")
+        else:
+            self._fail_queue(slot, ErrorCode.UNAVAILABLE, f"{slot.name} was stopped ({reason})")
 
     def on_process_gone(self, slot: AgentSlot, description: str) -> None:
         """The incarnation died: requests it held are answered now, or (retry: true) sent to the next one."""
@@ -311,6 +334,9 @@ class Router:
             # body {agent: NAME} asks for one agent only, cheaply (no RSS read): for pollers
             name = p.body.get("agent") if isinstance(p.body, dict) else None
             if name is not None:
+                if not isinstance(name, str):
+                    self.fail(p, ErrorCode.BAD_REQUEST, "status body field 'agent' must be a string")
+                    return
                 slot = sup.slots.get(name)
                 if slot is None:
                     self.fail(p, ErrorCode.UNKNOWN_AGENT, f"no agent {name!r} in profile {sup.profile.name}")

@@ -69,6 +69,7 @@ class SupervisorListener(Protocol):
     def send_to_agent(self, slot: "AgentSlot", kind: Kind, body: Any = None) -> bool: ...
     def drain_agents(self) -> None: ...
     def await_last_replies(self, slot: "AgentSlot", timeout_s: float) -> None: ...
+    def agent_stopped(self, slot: "AgentSlot", reason: str) -> None: ...
 
 
 Watcher = Callable[["AgentSlot", Transition], bool]  # returns True when it is done
@@ -93,6 +94,7 @@ class AgentSlot:
     inflight: dict[int, PendingRequest] = field(default_factory=dict)
     queue: deque[PendingRequest] = field(default_factory=deque)
     watchers: list[Watcher] = field(default_factory=list)
+    reload_watch: tuple | None = None  # (watch, deadline timer, result, settled) of a reload settling on it
     dependencies: list["AgentSlot"] = field(default_factory=list)
     dependents: list["AgentSlot"] = field(default_factory=list)
 
@@ -126,6 +128,7 @@ class Supervisor:
         self._wire_dependencies()
         self.shutting_down = False
         self.sampler: Timer | None = None
+        self.incarnations: dict[str, int] = {}
         self.started_at = time.monotonic()
         self.all_essential_ready_at: float | None = None
         self.on_ready: Callable[[], None] | None = None  # all essential agents ready for the first time
@@ -211,7 +214,10 @@ class Supervisor:
 
     def stop_agent(self, slot: AgentSlot, reason: str = "operator stop") -> None:
         slot.wanted = False
-        self._apply(slot, slot.lifecycle.stop(time.monotonic(), reason))
+        actions = slot.lifecycle.stop(time.monotonic(), reason)
+        if not actions and slot.queue and self.listener is not None:
+            self.listener.agent_stopped(slot, reason)  # it was waiting (for dependencies): no transition
+        self._apply(slot, actions)
 
     def restart_agent(self, slot: AgentSlot) -> None:
         slot.wanted = True
@@ -240,6 +246,8 @@ class Supervisor:
         level = "WARNING" if t.new in (State.BACKOFF, State.FAILED) else "INFO"
         logs.event(slot.name, "state", f"{t.old.value} -> {t.new.value}", level, reason=t.reason,
                    incarnation=slot.incarnation or None, pid=slot.process.pid if slot.process else None)
+        if t.new is State.STOPPED and t.old is not State.STOPPING:
+            slot.wanted = False  # it exited and its restart mode says stay stopped (the router must know)
         if self.listener is not None:
             self.listener.on_transition(slot, t)
         if t.new is State.READY:
@@ -254,8 +262,6 @@ class Supervisor:
         elif t.new in (State.STOPPED, State.FAILED):
             slot.lazy_start_at = None
         if t.new is State.STOPPED:
-            if t.old is not State.STOPPING:
-                slot.wanted = False  # it exited and its restart mode says stay stopped
             if slot.removed and self.slots.get(slot.name) is slot:
                 del self.slots[slot.name]
                 self._wire_dependencies()
@@ -288,7 +294,8 @@ class Supervisor:
             deadline, lambda: self._apply(slot, slot.lifecycle.tick(time.monotonic())))
 
     def _spawn(self, slot: AgentSlot) -> None:
-        slot.incarnation += 1
+        # per name, not per slot: a name removed and added again must never reuse a routing id
+        slot.incarnation = self.incarnations[slot.name] = max(self.incarnations.get(slot.name, 0), slot.incarnation) + 1
         try:
             proc = self.spawner.spawn(slot.spec, slot.incarnation)
         except OSError as exc:
@@ -456,22 +463,35 @@ class Supervisor:
     def reload(self, new: Profile, on_done: Callable[[dict], None]) -> None:
         """Apply a new profile: start added agents, stop removed ones, restart changed ones; a changed
         agent that does not become ready within its start timeout goes back to its previous spec."""
-        old = {name: slot.spec for name, slot in self.slots.items() if not slot.removed}
+        current = {name: slot for name, slot in self.slots.items() if not slot.removed}
         new_specs = new.by_name
-        added = [n for n in new_specs if n not in old]
-        removed = [n for n in old if n not in new_specs]
-        changed = [n for n in new_specs if n in old and new_specs[n] != old[n]]
+        added = [n for n in new_specs if n not in current]
+        removed = [n for n in current if n not in new_specs]
+        changed = [n for n in new_specs if n in current and new_specs[n] != current[n].spec]
+        previous = {n: current[n].spec for n in changed}
         self.profile = new
+        for name in removed + changed:
+            self._supersede_reload(self.slots[name])  # a reload still settling on this agent gives way
         for name in added:
-            self.slots[name] = AgentSlot(Lifecycle(new_specs[name], self.rng))
+            slot = self.slots.get(name)
+            if slot is None:
+                self.slots[name] = AgentSlot(Lifecycle(new_specs[name], self.rng))
+            else:  # removed by an earlier reload and still stopping: the same slot carries on
+                slot.removed = False
+                slot.lifecycle.spec = new_specs[name]
+        for name in changed:
+            self.slots[name].lifecycle.spec = new_specs[name]
         for name in removed:
             self.slots[name].removed = True
             self.slots[name].wanted = False
-        for name in changed:
-            self.slots[name].lifecycle.spec = new_specs[name]
         self._wire_dependencies()
         for name in removed:
-            self._maybe_stop(self.slots[name])
+            slot = self.slots[name]
+            if slot.state is State.STOPPED and slot.process is None:
+                del self.slots[name]  # nothing to stop: gone at once
+            else:
+                self._maybe_stop(slot)
+        self._wire_dependencies()
         result = {"profile": new.name, "added": added, "removed": removed, "changed": changed,
                   "unchanged": len(new_specs) - len(added) - len(changed), "rolled_back": []}
         logs.event(logs.DAEMON, "reload", f"profile {new.name}", added=",".join(added) or None,
@@ -483,17 +503,39 @@ class Supervisor:
             if not pending:
                 on_done(result)
 
+        for name in added:
+            if not new_specs[name].lazy:
+                self.want(self.slots[name])
         for name in changed:
             slot = self.slots[name]
             if not (slot.wanted or slot.lifecycle.running):
                 continue  # a stopped lazy agent simply starts with its new spec next time
             pending.add(name)
-            self._restart_with_rollback(slot, old[name], result, settled)
-        for name in added:
-            if not new_specs[name].lazy:
-                self.want(self.slots[name])
+            self._restart_with_rollback(slot, previous[name], result, settled)
         if not pending:
             on_done(result)
+
+    def _restart_for_reload(self, slot: AgentSlot) -> None:
+        """Stop it; it starts again with its current spec once its dependencies, new ones included, are
+        ready (an operator restart would respawn at once, before a new dependency is up)."""
+        slot.wanted = True
+        for dep in slot.dependencies:
+            self.want(dep)
+        if slot.state is not State.STOPPED:
+            self._apply(slot, slot.lifecycle.stop(time.monotonic(), "profile reload"))
+        self._maybe_start(slot)
+
+    def _supersede_reload(self, slot: AgentSlot) -> None:
+        """A newer reload takes over this agent: the earlier one's watch ends, reported as superseded."""
+        if slot.reload_watch is None:
+            return
+        watch, deadline, result, settled = slot.reload_watch
+        slot.reload_watch = None
+        self.timers.cancel(deadline)
+        if watch in slot.watchers:
+            slot.watchers.remove(watch)
+        result.setdefault("superseded", []).append(slot.name)
+        settled(slot.name)
 
     def _restart_with_rollback(self, slot: AgentSlot, previous: AgentSpec, result: dict,
                                settled: Callable[[str], None]) -> None:
@@ -501,17 +543,20 @@ class Supervisor:
         budget = previous.stop_timeout_s + slot.spec.start_timeout_s + 1.0
 
         def roll_back(why: str) -> None:
+            slot.reload_watch = None
             logs.event(slot.name, "rollback", why, "WARNING")
             result["rolled_back"].append(slot.name)
             slot.lifecycle.spec = previous
             self._wire_dependencies()
-            self.timers.call_later(0.0, lambda: self.restart_agent(slot))  # outside the transition in progress
+            # outside the transition in progress; and not if a later reload removed it meanwhile
+            self.timers.call_later(0.0, lambda: None if slot.removed else self._restart_for_reload(slot))
             settled(slot.name)
 
         def watch(s: AgentSlot, t: Transition) -> bool:
             if s.incarnation <= marker:
                 return False  # still the old incarnation stopping
             if t.new is State.READY:
+                slot.reload_watch = None
                 self.timers.cancel(deadline)
                 settled(s.name)
                 return True
@@ -527,9 +572,9 @@ class Supervisor:
                 roll_back(f"new spec not ready within {budget:g}s")
 
         deadline = self.timers.call_later(budget, too_late)
+        slot.reload_watch = (watch, deadline, result, settled)
         slot.watchers.append(watch)
-        slot.wanted = True
-        self._apply(slot, slot.lifecycle.restart(time.monotonic(), "profile reload"))
+        self._restart_for_reload(slot)
 
     # ---- status
     def daemon_state(self) -> str:

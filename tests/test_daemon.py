@@ -327,3 +327,41 @@ def test_sunsetctl(start_daemon):
     assert d.proc.wait(20) == 0
     gone = run_ctl(d, "status")
     assert gone.returncode == 3 and "not running" in gone.stderr
+
+
+def test_status_with_a_malformed_agent_filter_is_a_bad_request_not_a_dead_daemon(start_daemon):
+    d = start_daemon(MINI)
+    for body in ({"agent": [1]}, {"agent": {"x": 1}}, {"agent": 3}):
+        assert error_code(d.call, "sunsetd", "status", body) == "bad_request"
+    assert d.call("Base", "echo", "alive") == "alive"
+
+
+def test_the_queue_moves_on_when_an_in_flight_request_times_out(start_daemon):
+    d = start_daemon(FAULTS)  # Worker: max_inflight 1
+    with Client(d.runtime_dir) as c:
+        slow = c.send("Worker", "sleep", 1.0, timeout=0.5)
+        time.sleep(0.1)
+        queued = c.send("Worker", "echo", "next", timeout=8)
+        t0 = time.monotonic()
+        replies = {r["id"]: r for r in (c.recv(10), c.recv(10))}
+    assert replies[slow]["error"]["code"] == "timeout"
+    assert replies[queued]["ok"] and replies[queued]["body"] == "next"
+    assert time.monotonic() - t0 < 3.0  # served once the worker was free, not at its own deadline
+
+
+def test_queued_requests_of_an_agent_that_stays_stopped_are_answered_at_once(start_daemon, tmp_path):
+    profile = tmp_path / "never.yaml"
+    profile.write_text("agents:\n  - {name: One, run: 'agents.testing:Echo', restart: never, max_inflight: 1,"
+                       " heartbeat_ms: 100}\n")
+    d = start_daemon(profile)
+    pid = d.call("One", "pid")
+    with Client(d.runtime_dir) as c:
+        inflight = c.send("One", "sleep", 5, timeout=10)
+        queued = c.send("One", "echo", 1, timeout=10)
+        time.sleep(0.3)
+        os.kill(pid, signal.SIGKILL)
+        t0 = time.monotonic()
+        replies = {r["id"]: r for r in (c.recv(5), c.recv(5))}
+    assert replies[inflight]["error"]["code"] == "agent_crashed"
+    assert replies[queued]["error"]["code"] == "unavailable"
+    assert time.monotonic() - t0 < 2.0

@@ -6,10 +6,12 @@ import json
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
 from conftest import REPO, wait_until
+from sunsetd.client import Client
 
 pytestmark = pytest.mark.slow
 
@@ -94,3 +96,81 @@ def test_sighup_reloads(start_daemon, profile_file):
     wait_until(lambda: pids(d)["B"] not in (None, before["B"]) and d.agent("B")["state"] == "ready", 15,
                what="B restarted by SIGHUP")
     assert pids(d)["A"] == before["A"] and pids(d)["C"] == before["C"]
+
+
+def reload_async(d):
+    """Send a reload without waiting for its answer (it comes when the reload has settled)."""
+    client = Client(d.runtime_dir)
+    return client, client.send("sunsetd", "reload", timeout=60)
+
+
+def test_a_later_reload_supersedes_an_earlier_one_still_settling(start_daemon, profile_file):
+    d = start_daemon(profile_file)
+    slow = PROFILE.replace("config: {version: 1}", "config: {version: 2, setup_s: 30}, start_timeout_s: 3")
+    profile_file.write_text(slow)
+    first, rid = reload_async(d)
+    time.sleep(1.0)  # B's new incarnation is starting (slowly)
+    profile_file.write_text(PROFILE.replace("config: {version: 1}", "config: {version: 3}, max_queue: 77"))
+    second = json.loads(reload(d).stdout)
+    assert second["changed"] == ["B"] and second["rolled_back"] == []
+    answer = first.recv(10)
+    first.close()
+    assert answer["id"] == rid and answer["body"]["superseded"] == ["B"]
+    b = d.wait_agent("B", lambda a: a["state"] == "ready", what="B on the second reload's spec")
+    assert b["max_queue"] == 77
+    time.sleep(4.0)  # past the first reload's rollback deadline: nothing reverts the second
+    assert d.agent("B")["max_queue"] == 77 and d.agent("B")["incarnation"] == b["incarnation"]
+
+
+def test_removing_an_agent_still_starting_after_a_reload_does_not_bring_it_back(start_daemon, profile_file):
+    d = start_daemon(profile_file)
+    profile_file.write_text(PROFILE.replace('{name: C, run: "agents.testing:Echo", depends_on: [A]}',
+                                            '{name: C, run: "agents.testing:Echo", depends_on: [A], config: {setup_s: 2}}'))
+    first, _ = reload_async(d)
+    time.sleep(0.5)
+    profile_file.write_text(PROFILE.replace('  - {name: C, run: "agents.testing:Echo", depends_on: [A]}\n', ""))
+    assert json.loads(reload(d).stdout)["removed"] == ["C"]
+    first.recv(10)
+    first.close()
+    wait_until(lambda: "C" not in pids(d), 10, what="C gone")
+    time.sleep(1.0)
+    assert "C" not in pids(d) and "C rollback" not in d.log()
+
+
+def test_a_changed_agent_restarts_after_its_new_dependency_is_ready(start_daemon, profile_file):
+    d = start_daemon(profile_file)
+    profile_file.write_text(PROFILE.replace(
+        "depends_on: [A], config: {version: 1}}",
+        "depends_on: [A, NewDep], config: {version: 1}}\n"
+        "  - {name: NewDep, run: 'agents.testing:Echo', config: {setup_s: 1.0}}"))
+    diff = json.loads(reload(d).stdout)
+    assert diff["added"] == ["NewDep"] and diff["changed"] == ["B"]
+    log = d.log()
+    assert log.index("NewDep state starting -> ready") < log.rindex("B spawn")
+
+
+def test_an_agent_removed_and_added_again_keeps_its_slot_and_never_reuses_an_id(start_daemon, profile_file):
+    d = start_daemon(profile_file)
+    with Client(d.runtime_dir) as c:
+        busy = c.send("C", "sleep", 1.5, timeout=10)
+        time.sleep(0.2)
+        profile_file.write_text(PROFILE.replace('  - {name: C, run: "agents.testing:Echo", depends_on: [A]}\n', ""))
+        assert json.loads(reload(d).stdout)["removed"] == ["C"]
+        profile_file.write_text(PROFILE)
+        assert json.loads(reload(d).stdout)["added"] == ["C"]
+        reply = c.recv(10)
+    assert reply["id"] == busy and reply["ok"]  # the old incarnation finished its work; nobody killed it
+    c_now = d.wait_agent("C", lambda a: a["state"] == "ready" and a["incarnation"] == 2, what="C back, as #2")
+    assert c_now["restarts"] == 0
+    log = d.log()
+    assert "orphan" not in log and "silent" not in log
+
+
+def test_removing_a_stopped_lazy_agent_takes_it_out_at_once(start_daemon, profile_file):
+    profile_file.write_text(PROFILE + '  - {name: Lazy, run: "agents.testing:Echo", lazy: true}\n')
+    d = start_daemon(profile_file)
+    assert d.agent("Lazy")["state"] == "stopped"
+    profile_file.write_text(PROFILE)
+    assert json.loads(reload(d).stdout)["removed"] == ["Lazy"]
+    status = d.status()
+    assert "Lazy" not in {a["name"] for a in status["agents"]} and status["counts"]["total"] == 3
