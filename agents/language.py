@@ -255,6 +255,15 @@ def _lookup_phrase(words: list[str], i: int, table: dict, shortest: int = 2) -> 
     return None
 
 
+def _word_item(tok: str, unknown: list[str]) -> dict:
+    """A token with no entry in the tables: an unknown word (kept as it is, and noted), a number or
+    punctuation."""
+    if tok[0].isalpha():
+        unknown.append(tok)
+        return {"text": tok, "pos": "unknown", "src": tok}
+    return {"text": tok, "pos": "num" if tok[0].isdigit() else "punct", "src": tok}
+
+
 def _from_english(tokens: list[str], lang: str, last_gender: str | None = None) -> tuple[list[dict], list[str]]:
     """Items of the translation (text, pos, gender, src) and the unknown words; `last_gender` is the gender of
     the noun before these tokens (for a predicative adjective at their start)."""
@@ -268,13 +277,7 @@ def _from_english(tokens: list[str], lang: str, last_gender: str | None = None) 
             continue
         low = tok.lower()
         entry = LEX.get(low, {}).get(lang)
-        if entry is not None:
-            items.append({**entry, "src": low})
-        elif tok[0].isalpha():
-            items.append({"text": tok, "pos": "unknown", "src": tok})
-            unknown.append(tok)
-        else:
-            items.append({"text": tok, "pos": "punct" if not tok[0].isdigit() else "num", "src": tok})
+        items.append({**entry, "src": low} if entry is not None else _word_item(tok, unknown))
         i += 1
     # agreement: determiners and adjectives take the gender of their noun (the next one, or the last one)
     for k, item in enumerate(items):
@@ -340,13 +343,8 @@ def _to_english(tokens: list[str], lang: str) -> tuple[list[dict], list[str]]:
             head, rest = low.split("'", 1)
             tokens[i + 1:i + 1] = [rest]
             low, entry = head + "'", table[head + "'"]
-        if entry is not None:
-            items.append({"text": entry["text"], "pos": entry["pos"], "src": low})
-        elif tok[0].isalpha():
-            items.append({"text": tok, "pos": "unknown", "src": tok})
-            unknown.append(tok)
-        else:
-            items.append({"text": tok, "pos": "punct" if not tok[0].isdigit() else "num", "src": tok})
+        items.append({"text": entry["text"], "pos": entry["pos"], "src": low} if entry is not None
+                     else _word_item(tok, unknown))
         i += 1
     if lang in ("es", "fr"):  # noun adjective(s) -> adjective(s) noun
         k = 0

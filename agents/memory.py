@@ -172,16 +172,20 @@ class MemoryClient(CatalogAgent):
         return dict(rows)
 
     def handle_usage(self, body: Any) -> dict:
-        """{ns?}: rows and bytes held; SystemDigitalTwin records the figure and forecasts the next one."""
+        """{ns?}: rows and bytes held, and the next row count forecast from the past ones."""
         ns = field(body, "ns", str, None) if isinstance(body, dict) else None
         with self.lock:
             where, args = ("WHERE ns=?", (ns,)) if ns is not None else ("", ())
             rows, size = self.db.execute(f"SELECT COUNT(*), COALESCE(SUM(LENGTH(value)), 0) FROM items {where}",
                                          args).fetchone()
-        forecast = self.call(TWIN, "observe", {"metric": f"memory.rows.{ns or '*'}", "value": rows}, timeout=2.0)
+        forecast = self.forecast_rows(ns or "*", rows)
         self.report({"rows": rows, "bytes": size} if ns is None else {f"rows.{ns}": rows})
         return {"ns": ns, "rows": rows, "bytes": size, "rows_next": forecast["forecast"][0],
                 "trend": forecast["trend"], "samples": forecast["n"]}
+
+    def forecast_rows(self, series: str, rows: int) -> dict:
+        """SystemDigitalTwin records the row count and forecasts the next one."""
+        return self.call(TWIN, "observe", {"metric": f"memory.rows.{series}", "value": rows}, timeout=2.0)
 
 
 # ---- KnowledgeBase ---------------------------------------------------------------------------------------

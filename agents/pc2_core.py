@@ -188,19 +188,11 @@ class MemoryOrchestratorService(EdgeAgent, MemoryClient):
         self.counters["expired"] += len(rows)
         return {"swept": len(rows), "keys": [f"{n}/{k}" for n, k in sorted(rows)]}
 
-    def handle_usage(self, body: Any) -> dict:
-        """{ns?}: rows and bytes held, and the next row count forecast from the past ones."""
-        ns = field(body, "ns", str, None) if isinstance(body, dict) else None
-        with self.lock:
-            where, args = ("WHERE ns=?", (ns,)) if ns is not None else ("", ())
-            rows, size = self.db.execute(f"SELECT COUNT(*), COALESCE(SUM(LENGTH(value)), 0) FROM items {where}",
-                                         args).fetchone()
-        series = self.series.setdefault(ns or "*", deque(maxlen=64))
-        series.append(float(rows))
-        forecast = linear_forecast(list(series))
-        self.report({"rows": rows, "bytes": size} if ns is None else {f"rows.{ns}": rows})
-        return {"ns": ns, "rows": rows, "bytes": size, "rows_next": forecast["forecast"][0],
-                "trend": forecast["trend"], "samples": forecast["n"]}
+    def forecast_rows(self, series: str, rows: int) -> dict:
+        """Forecast here, from the past row counts: this store does not depend on SystemDigitalTwin."""
+        history = self.series.setdefault(series, deque(maxlen=64))
+        history.append(float(rows))
+        return linear_forecast(list(history))
 
 
 # ---- ResourceManager -------------------------------------------------------------------------------------
