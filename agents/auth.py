@@ -15,7 +15,7 @@ import time
 from collections import deque
 from typing import Any
 
-from sunsetd.agent import AgentError, BadRequest, CallError
+from sunsetd.agent import AgentError, BadRequest, RemoteError
 
 from agents.infrastructure import DAEMON, field
 from agents.pc2_core import EdgeAgent
@@ -270,7 +270,7 @@ class AgentTrustScorer(EdgeAgent):
         """Fold sunsetd's status in: each restart since the last refresh, and an open circuit, count as failures."""
         try:
             status = self.call(DAEMON, "status", timeout=2.0)
-        except CallError as exc:
+        except RemoteError as exc:
             raise AgentError(f"cannot read sunsetd's status: {exc}") from None
         penalised: dict[str, int] = {}
         for a in status["agents"]:

@@ -13,7 +13,7 @@ import time
 from collections import deque
 from typing import Any
 
-from sunsetd.agent import AgentError, BadRequest, CallError
+from sunsetd.agent import AgentError, BadRequest, RemoteError
 
 from agents.infrastructure import DAEMON, HUB, REGISTRY, TWIN, CatalogAgent, field, hold_memory
 
@@ -257,7 +257,7 @@ class VRAMOptimizerAgent(CatalogAgent):
         for model in plan["evict"]:
             try:
                 reply = self.call(MMS, "unload", {"model": model}, timeout=2.0)
-            except CallError as exc:
+            except RemoteError as exc:
                 self.log(f"could not evict {model}: {exc}")
                 continue
             if reply.get("unloaded"):
@@ -268,7 +268,7 @@ class VRAMOptimizerAgent(CatalogAgent):
             try:
                 self.call(HUB, "event", {"source": self.name, "level": "info",
                                          "message": f"{why}: evicted {', '.join(evicted)} ({freed} MB)"}, timeout=2.0)
-            except CallError as exc:
+            except RemoteError as exc:
                 self.log(f"event to {HUB} failed: {exc}")
         return {**plan, "evicted": evicted, "freed_mb": freed}
 
@@ -289,7 +289,7 @@ class VRAMOptimizerAgent(CatalogAgent):
                 if plan["evict"]:
                     self._carry_out(plan, "watch")
                 self.counters["watches"] += 1
-            except CallError:
+            except RemoteError:
                 self.counters["watch_failures"] += 1
 
 
@@ -461,14 +461,14 @@ class LazyLoader(CatalogAgent):
                     self.call(DAEMON, "start", {"agent": agent}, timeout=self.start_timeout_s)
                     outcome[agent] = "started"
                     self.counters["prewarmed"] += 1
-                except CallError as exc:
+                except RemoteError as exc:
                     outcome[agent] = f"failed: {exc.code}"
         started = [a for a, o in outcome.items() if o == "started"]
         if started:
             try:
                 self.call(HUB, "event", {"source": self.name, "level": "info",
                                          "message": f"pre-warmed {', '.join(started)}"}, timeout=2.0)
-            except CallError as exc:
+            except RemoteError as exc:
                 self.log(f"event to {HUB} failed: {exc}")
         return {"targets": targets, "outcome": outcome}
 

@@ -17,7 +17,7 @@ import os
 from collections import Counter, deque
 from typing import Any
 
-from sunsetd.agent import Agent, BadRequest, CallError
+from sunsetd.agent import Agent, BadRequest, RemoteError
 
 REGISTRY = "ServiceRegistry"
 HUB = "ObservabilityHub"
@@ -84,14 +84,14 @@ class CatalogAgent(Agent):
         try:
             self.call(REGISTRY, "register", {"agent": self.name, "capabilities": self.capabilities,
                                              "ops": self.ops()}, timeout=3.0)
-        except CallError as exc:
+        except RemoteError as exc:
             self.log(f"not registered with {REGISTRY}: {exc}")
 
     def report(self, metrics: dict[str, float]) -> list[dict]:
         """Push numeric metrics to ObservabilityHub; returns the alerts they raise there (none if unreachable)."""
         try:
             reply = self.call(HUB, "report", {"source": self.name, "metrics": metrics}, timeout=2.0)
-        except CallError as exc:
+        except RemoteError as exc:
             self.counters["report_failures"] += 1
             self.log(f"report to {HUB} failed: {exc}")
             return []

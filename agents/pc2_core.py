@@ -17,7 +17,7 @@ import time
 from collections import Counter, deque
 from typing import Any
 
-from sunsetd.agent import AgentError, BadRequest, CallError
+from sunsetd.agent import AgentError, BadRequest, RemoteError
 
 from agents.infrastructure import (DAEMON, CatalogAgent, ObservabilityHub, field, health_of, linear_forecast,
                                    read_meminfo)
@@ -40,7 +40,7 @@ class EdgeAgent(CatalogAgent):
         """Push numeric metrics to ObservabilityHub_PC2; the alerts they raise there (none if unreachable)."""
         try:
             reply = self.call(self.HUB_AGENT, "report", {"source": self.name, "metrics": metrics}, timeout=2.0)
-        except CallError as exc:
+        except RemoteError as exc:
             self.counters["report_failures"] += 1
             self.log(f"report to {self.HUB_AGENT} failed: {exc}")
             return []
@@ -50,7 +50,7 @@ class EdgeAgent(CatalogAgent):
         """A notable event, kept by ObservabilityHub_PC2; an unreachable hub is logged, not fatal."""
         try:
             self.call(self.HUB_AGENT, "event", {"source": self.name, "level": level, "message": message}, timeout=2.0)
-        except CallError as exc:
+        except RemoteError as exc:
             self.log(f"event to {self.HUB_AGENT} failed: {exc}")
 
 
@@ -411,7 +411,7 @@ class AsyncProcessor(EdgeAgent):
                 try:
                     grant = self.call(RESOURCES, "allocate", {"owner": f"{self.name}:{task['id']}",
                                                               "cpu": task["cpu"], "mb": task["mb"]}, timeout=2.0)
-                except CallError as exc:
+                except RemoteError as exc:
                     grant = {"granted": False, "reason": str(exc)}
                 if grant.get("granted"):
                     with self.cond:
@@ -431,7 +431,7 @@ class AsyncProcessor(EdgeAgent):
                 result, error = None, f"{type(exc).__name__}: {exc}"
             try:
                 self.call(RESOURCES, "release", {"id": grant["id"]}, timeout=2.0)
-            except CallError as exc:
+            except RemoteError as exc:
                 self.log(f"release of {grant['id']} failed: {exc}")
             with self.cond:
                 self.counters["done" if error is None else "failed"] += 1
@@ -843,7 +843,7 @@ class TaskScheduler(EdgeAgent):
         while not self.stopping.wait(self.tick_s):
             try:
                 self._tick(None)
-            except (CallError, BadRequest) as exc:
+            except (RemoteError, BadRequest) as exc:
                 self.counters["tick_failures"] += 1
                 self.log(f"background tick failed: {exc}")
 

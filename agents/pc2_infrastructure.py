@@ -14,7 +14,7 @@ from collections import OrderedDict
 from typing import Any
 
 import msgpack
-from sunsetd.agent import AgentError, BadRequest, CallError
+from sunsetd.agent import AgentError, BadRequest, RemoteError
 
 from agents.infrastructure import field
 from agents.pc2_core import MOS, SCHEDULER, TASK_KINDS, EdgeAgent
@@ -320,7 +320,7 @@ class RemoteConnectorAgent(EdgeAgent):
             attempts += 1
             try:
                 reply = self.call(r["agent"], "route", envelope, timeout=timeout)
-            except CallError as exc:
+            except RemoteError as exc:
                 if exc.code not in _TRANSPORT_FAILURES:  # the peer answered: the link works
                     r["failures"], r["state"] = 0, "closed"
                     raise AgentError(f"{name} refused: {exc.message}", code=exc.code) from None

@@ -14,7 +14,7 @@ import time
 import zlib
 from typing import Any
 
-from sunsetd.agent import BadRequest, CallError
+from sunsetd.agent import BadRequest, RemoteError
 
 from agents.infrastructure import field
 from agents.pc2_core import CONTEXT, EdgeAgent
@@ -331,5 +331,5 @@ class ProactiveContextMonitor(EdgeAgent):
         while not self.stopping.wait(every):
             try:
                 self._scan()
-            except CallError as exc:
+            except RemoteError as exc:
                 self.log(f"scan failed: {exc}")

@@ -28,7 +28,7 @@ import unicodedata
 from collections import Counter, deque
 from typing import Any
 
-from sunsetd.agent import AgentError, BadRequest, CallError
+from sunsetd.agent import AgentError, BadRequest, RemoteError
 
 from agents.infrastructure import DAEMON, HUB, TWIN, CatalogAgent, field
 from agents.language import LANGUAGES, LEX, PHRASES, _from_english, _join, _lookup_phrase, detect_language, \
@@ -789,7 +789,7 @@ class PredictiveHealthMonitor(CatalogAgent):
         while not self.stopping.wait(self.sample_s):
             try:
                 self._sample()
-            except CallError:
+            except RemoteError:
                 self.counters["sample_failures"] += 1
 
     def handle_sample(self, body: Any) -> dict:
@@ -825,7 +825,7 @@ class PredictiveHealthMonitor(CatalogAgent):
             try:
                 self.call(HUB, "event", {"source": self.name, "level": "warning",
                                          "message": "failure predicted: " + ", ".join(alerts)}, timeout=2.0)
-            except CallError as exc:
+            except RemoteError as exc:
                 self.log(f"event to {HUB} failed: {exc}")
         self.counters["predictions"] += 1
         return {"risks": risks[:top], "alerts": alerts, "samples": len(history), "horizon_s": horizon}

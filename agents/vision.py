@@ -14,7 +14,7 @@ import zlib
 from array import array
 from typing import Any
 
-from sunsetd.agent import BadRequest, CallError
+from sunsetd.agent import BadRequest, RemoteError
 
 from agents.infrastructure import field
 from agents.pc2_core import EdgeAgent
@@ -344,7 +344,7 @@ class VisionProcessingAgent(EdgeAgent):
         key = f"{op}:{image_key(image)}:{params}"
         try:
             hit = self.call(CACHE, "get", {"ns": "vision", "key": key}, timeout=2.0)
-        except CallError as exc:  # the cache is an optimisation: without it, compute
+        except RemoteError as exc:  # the cache is an optimisation: without it, compute
             self.log(f"{CACHE} unreachable: {exc}")
             hit = {"hit": False}
         if hit.get("hit"):
@@ -355,7 +355,7 @@ class VisionProcessingAgent(EdgeAgent):
         try:
             self.call(CACHE, "put", {"ns": "vision", "key": key, "value": result, "ttl_s": self.cache_ttl_s},
                       timeout=2.0)
-        except CallError as exc:
+        except RemoteError as exc:
             self.log(f"{CACHE} unreachable: {exc}")
         return {**result, "cached": False}
 

@@ -112,9 +112,9 @@ def new_runtime_dir() -> Path:
 
 
 def sunsetd_command() -> list[str]:
-    """The installed `sunsetd` console script next to this interpreter, else `python -m sunsetd.daemon`."""
+    """The installed `sunsetd` console script next to this interpreter, else `python -m sunsetd`."""
     script = Path(sys.executable).parent / "sunsetd"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "sunsetd.daemon"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "sunsetd"]
 
 
 class Daemon:

@@ -107,7 +107,7 @@ class DaemonUnderTest:
     def start(self) -> None:
         self.log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "sunsetd.daemon", "--profile", str(self.profile), "--runtime-dir",
+            [sys.executable, "-m", "sunsetd", "--profile", str(self.profile), "--runtime-dir",
              str(self.runtime_dir), "--metrics-addr", "off"], stdout=self.log, stderr=subprocess.STDOUT)
 
     def kill(self) -> None:

@@ -5,15 +5,15 @@ optional slow `setup()`, and calls other agents with `self.call(...)`, which goe
 
 The runtime owns the agent's sockets on one I/O thread: it says HELLO, heartbeats both ways, hands
 requests to a pool of handler threads (so a long request never stops heartbeats), sends replies, and
-stops cleanly on STOP or SIGTERM. It asks the kernel to kill it if the daemon dies (PR_SET_PDEATHSIG)
-and exits by itself if the daemon goes silent: an agent never outlives its supervisor.
+stops cleanly on STOP or SIGTERM. Everything it needs to know comes in one `protocol.Launch`. The
+spawner that started it made it die with the daemon (PR_SET_PDEATHSIG); it also exits by itself when
+the daemon goes silent: an agent never outlives its supervisor.
 """
 from __future__ import annotations
 
-import ctypes
+import enum
 import importlib
 import itertools
-import json
 import os
 import signal
 import sys
@@ -24,9 +24,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from sunsetd import protocol
-from sunsetd.protocol import ErrorCode, Kind
+from sunsetd.protocol import LAUNCH_ENV, ErrorCode, Kind, Launch, ProtocolError, RemoteError
 
-SPEC_ENV = "SUNSETD_AGENT_SPEC"  # JSON handed by the spawner: name, run, incarnation, config, timings
 EXIT_SETUP_FAILED = 1
 EXIT_DAEMON_LOST = 3
 STOP_FRAME_WAIT_S = 0.5  # after SIGTERM, how long to wait for the daemon's STOP frame (and what precedes it)
@@ -49,13 +48,13 @@ class BadRequest(AgentError):
     code = ErrorCode.BAD_REQUEST.value
 
 
-class CallError(Exception):
-    """A call to another agent through sunsetd was answered with an error (or not at all)."""
+class Inbox(bytes, enum.Enum):
+    """What handler threads post to the agent's I/O thread (an inproc PUSH/PULL, first frame)."""
 
-    def __init__(self, code: str, message: str):
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
+    REPLY = b"reply"  # [tag, packed REPLY body]: send it to the daemon
+    CALL = b"call"  # [tag, packed request]: send it to the front socket
+    READY = b"ready"  # setup() returned
+    SETUP_FAILED = b"setup_failed"
 
 
 class Agent:
@@ -96,9 +95,9 @@ class Agent:
         return sorted(n[len("handle_"):] for n in dir(cls) if n.startswith("handle_") and callable(getattr(cls, n)))
 
     def call(self, agent: str, op: str, body: Any = None, timeout: float = 5.0, retry: bool = False) -> Any:
-        """Call another agent through sunsetd; return its reply body or raise CallError."""
+        """Call another agent through sunsetd; return its reply body or raise RemoteError."""
         if self._runtime is None:
-            raise CallError(ErrorCode.UNAVAILABLE.value, "agent is not running under sunsetd")
+            raise RemoteError(ErrorCode.UNAVAILABLE.value, "agent is not running under sunsetd")
         return self._runtime.call(agent, op, body, timeout, retry)
 
     def log(self, message: str) -> None:
@@ -120,18 +119,6 @@ def load_agent_class(run: str) -> type[Agent]:
     return cls
 
 
-def _die_with_parent(expected_parent: int) -> None:
-    """Ask the kernel to SIGKILL us when the daemon dies; then close the race with an already dead one."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        PR_SET_PDEATHSIG = 1
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass  # not Linux: the heartbeat check still ends us when the daemon goes silent
-    if expected_parent and os.getppid() != expected_parent:
-        os._exit(EXIT_DAEMON_LOST)
-
-
 class _Waiter:
     __slots__ = ("event", "reply")
 
@@ -143,21 +130,20 @@ class _Waiter:
 class AgentRuntime:
     """The agent process's I/O thread: sockets, heartbeats, dispatch to handler threads, clean stop."""
 
-    def __init__(self, spec: dict):
-        import zmq  # imported here so that `import sunsetd.agent` (profile checks) stays light
+    def __init__(self, launch: Launch):
+        import zmq  # imported here so that `import sunsetd.agent` (run-target checks) stays light
 
         self.zmq = zmq
-        self.spec = spec
-        self.name: str = spec["name"]
-        self.incarnation: int = spec["incarnation"]
-        self.heartbeat_s = spec["heartbeat_ms"] / 1000.0
-        self.liveness = spec["liveness"]
-        self.runtime_dir = spec["runtime_dir"]
+        self.launch = launch
+        self.name = launch.name
+        self.incarnation = launch.incarnation
+        self.heartbeat_s = launch.heartbeat_ms / 1000.0
+        self.liveness = launch.liveness
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.DEALER)
-        self.sock.setsockopt(zmq.IDENTITY, f"{self.name}#{self.incarnation}".encode())
+        self.sock.setsockopt(zmq.IDENTITY, launch.routing_id)
         self.sock.setsockopt(zmq.LINGER, 1000)
-        self.sock.connect(f"ipc://{self.runtime_dir}/agents.sock")
+        self.sock.connect(launch.agents_endpoint)
         self.calls = None  # DEALER to the front socket, made on the first call
         self.inbox = self.ctx.socket(zmq.PULL)  # handler threads post replies and calls here
         self.inbox_addr = f"inproc://outbox-{id(self)}"
@@ -166,11 +152,11 @@ class AgentRuntime:
         self.thread_sockets: list = []  # each handler thread's PUSH to the inbox, closed at exit
         self.waiters: dict[int, _Waiter] = {}
         self.call_ids = itertools.count(1)
-        self.pool = ThreadPoolExecutor(max_workers=spec.get("concurrency", 1), thread_name_prefix="handler")
+        self.pool = ThreadPoolExecutor(max_workers=launch.concurrency, thread_name_prefix="handler")
         self.busy = 0
         self.busy_lock = threading.Lock()
         self.stopping_since: float | None = None
-        self.grace_s = spec.get("stop_timeout_s", 5.0) * 0.8
+        self.grace_s = launch.stop_timeout_s * 0.8
         self.ready = False
         self.teardown_ok = True
         self.stop_frame_seen = False
@@ -192,23 +178,23 @@ class AgentRuntime:
         if deadline is not None:  # never wait longer than the request we are serving may
             timeout = min(timeout, deadline - time.time())
             if timeout <= 0:
-                raise CallError(ErrorCode.TIMEOUT.value, f"no time left to call {to}.{op}")
+                raise RemoteError(ErrorCode.TIMEOUT.value, f"no time left to call {to}.{op}")
         rid = next(self.call_ids)
         waiter = self.waiters[rid] = _Waiter()
         request = {"v": protocol.VERSION, "id": rid, "to": to, "op": op, "body": body,
                    "timeout_ms": max(1, int(timeout * 1000)), "retry": retry}
         try:
-            self._post([b"call", protocol.pack(request)])
+            self._post([Inbox.CALL.value, protocol.pack(request)])
             # the daemon answers `timeout` itself at the deadline; the slack covers a dead daemon
             if not waiter.event.wait(timeout + 2.0):
-                raise CallError(ErrorCode.TIMEOUT.value, f"no reply from sunsetd for {to}.{op}")
+                raise RemoteError(ErrorCode.TIMEOUT.value, f"no reply from sunsetd for {to}.{op}")
         finally:
             self.waiters.pop(rid, None)
         reply = waiter.reply
         if reply.get("ok"):
             return reply.get("body")
         error = reply.get("error") or {}
-        raise CallError(str(error.get("code")), str(error.get("message")))
+        raise RemoteError(str(error.get("code")), str(error.get("message")))
 
     def _run_handler(self, rid: int, op: str, body: Any, deadline: float) -> None:
         if time.time() > deadline:
@@ -218,7 +204,7 @@ class AgentRuntime:
             result = {"id": rid, "ok": True, "body": self.agent.dispatch(op, body)}
         except AgentError as exc:
             result = {"id": rid, "ok": False, "error": {"code": exc.code, "message": str(exc)}}
-        except CallError as exc:
+        except RemoteError as exc:
             result = {"id": rid, "ok": False, "error": {"code": ErrorCode.AGENT_ERROR.value,
                                                          "message": f"{self.name}.{op}: call failed: {exc}"}}
         except Exception as exc:  # a handler bug is an error reply, never a dead agent
@@ -236,16 +222,16 @@ class AgentRuntime:
             frame = protocol.pack({"id": rid, "ok": False, "error": {
                 "code": ErrorCode.AGENT_ERROR.value,
                 "message": f"reply of {len(frame)} bytes is over the {protocol.MAX_FRAME_BYTES}-byte limit"}})
-        self._post([b"reply", frame])
+        self._post([Inbox.REPLY.value, frame])
 
     def _run_setup(self) -> None:
         try:
             self.agent.setup()
         except Exception:
             traceback.print_exc()
-            self._post([b"setup_failed"])
+            self._post([Inbox.SETUP_FAILED.value])
             return
-        self._post([b"ready"])
+        self._post([Inbox.READY.value])
 
     # ---- the I/O thread
     def _send(self, kind: Kind, body: Any = None) -> None:
@@ -297,23 +283,23 @@ class AgentRuntime:
             waiter.event.set()
 
     def _on_inbox(self, frames: list[bytes]) -> int | None:
-        what = frames[0]
-        if what == b"reply":
+        what = Inbox(frames[0])
+        if what is Inbox.REPLY:
             try:
                 self.sock.send_multipart([Kind.REPLY.value, frames[1]], flags=self.zmq.NOBLOCK)
             except self.zmq.Again:
                 print("reply dropped: the daemon is not reading", file=sys.stderr, flush=True)
-        elif what == b"call":
+        elif what is Inbox.CALL:
             if self.calls is None:
                 self.calls = self.ctx.socket(self.zmq.DEALER)
                 self.calls.setsockopt(self.zmq.LINGER, 0)
-                self.calls.connect(f"ipc://{self.runtime_dir}/sunsetd.sock")
+                self.calls.connect(self.launch.front_endpoint)
                 self.poller.register(self.calls, self.zmq.POLLIN)
             self.calls.send_multipart([frames[1]])
-        elif what == b"ready":
+        elif what is Inbox.READY:
             self.ready = True
             self._send(Kind.READY)
-        elif what == b"setup_failed":
+        elif what is Inbox.SETUP_FAILED:
             return EXIT_SETUP_FAILED
         return None
 
@@ -332,8 +318,8 @@ class AgentRuntime:
 
     def run(self) -> int:
         zmq = self.zmq
-        cls = load_agent_class(self.spec["run"])
-        self.agent = cls(self.name, self.spec.get("config"), self)
+        cls = load_agent_class(self.launch.run)
+        self.agent = cls(self.name, dict(self.launch.config), self)
         wakeup_r, wakeup_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(wakeup_w)
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -429,10 +415,15 @@ class AgentRuntime:
 
 
 def main() -> int:
-    spec = json.loads(os.environ[SPEC_ENV])
-    _die_with_parent(spec.get("daemon_pid", 0))
     try:
-        runtime = AgentRuntime(spec)
+        launch = Launch.decode(os.environ.get(LAUNCH_ENV, ""))
+    except ProtocolError as exc:
+        print(f"sunsetd.agent: {exc}", file=sys.stderr, flush=True)
+        return EXIT_SETUP_FAILED
+    if launch.parent_pid and os.getppid() != launch.parent_pid:
+        return EXIT_DAEMON_LOST  # the daemon that started us is gone already
+    try:
+        runtime = AgentRuntime(launch)
         return runtime.run()
     except Exception:
         traceback.print_exc()

@@ -1,13 +1,19 @@
-"""sunsetctl: the operator's command line for a running sunsetd."""
+"""The two command lines: `sunsetd` (run a profile) and `sunsetctl` (control a running sunsetd).
+
+Both parse their arguments here and import only what the command needs: `sunsetctl` never imports
+the daemon, and `sunsetd` starts checking its profile's run targets in a child before it imports its
+own heavier dependencies, so the two overlap.
+"""
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Any
 
-from sunsetd.client import Client, DaemonUnreachable, RemoteError
-from sunsetd.protocol import CONTROL_TARGET
+from sunsetd.client import Client, DaemonUnreachable
+from sunsetd.protocol import CONTROL_TARGET, ControlOp, RemoteError
 
 EXIT_OK = 0
 EXIT_ERROR_REPLY = 1  # the daemon or the agent answered with an error
@@ -53,6 +59,7 @@ def format_status(status: dict) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """sunsetctl's command line."""
     parser = argparse.ArgumentParser(prog="sunsetctl", description="Control a running sunsetd.",
                                      epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runtime-dir", help="the daemon's runtime directory (default: as sunsetd resolves it)")
@@ -75,6 +82,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+RELOAD_WAIT_SLACK_S = 5.0  # beyond the settle time the daemon gives for a reload
+
+
+def reload(client: Client, timeout: float | None) -> Any:
+    """Reload, then wait for the outcome as long as the daemon says the changed agents may take."""
+    applied = client.call(CONTROL_TARGET, ControlOp.RELOAD.value, timeout=timeout or 60.0)
+    if applied.get("settled", True):
+        return applied
+    wait = timeout or applied["settle_s"] + RELOAD_WAIT_SLACK_S
+    return client.call(CONTROL_TARGET, ControlOp.RELOAD_WAIT.value, {"reload": applied["reload"]}, timeout=wait)
+
+
 def run(args: argparse.Namespace) -> Any:
     with Client(args.runtime_dir) as client:
         if args.command == "call":
@@ -84,12 +103,15 @@ def run(args: argparse.Namespace) -> Any:
                 raise SystemExit(f"sunsetctl: body is not valid JSON: {exc}") from None
             timeout = args.call_timeout or args.timeout or 10.0
             return client.call(args.agent, args.op, body, timeout=timeout, retry=args.retry)
+        if args.command == "reload":
+            return reload(client, args.timeout)
         timeout = args.timeout or {"start": 60.0, "restart": 60.0, "stop": 60.0, "shutdown": 10.0}.get(args.command, 10.0)
         body = {"agent": args.agent} if args.command in ("start", "stop", "restart") else None
         return client.call(CONTROL_TARGET, args.command, body, timeout=timeout)
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`sunsetctl`."""
     args = build_parser().parse_args(argv)
     try:
         result = run(args)
@@ -106,6 +128,70 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(json.dumps(result, default=str))
     return EXIT_OK
+
+
+# ---- sunsetd -------------------------------------------------------------------------------------------
+
+EXIT_OK, EXIT_RUNTIME, EXIT_PROFILE = 0, 1, 2
+
+
+def build_daemon_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sunsetd", description="Supervise a profile of agents and route requests to them over ZeroMQ.",
+        epilog="Exit status: 0 clean stop (or --check passed), 1 runtime directory unusable or already in use, "
+               "2 profile errors.")
+    parser.add_argument("--profile", default="core", help="profile name (from profiles/) or path (default: core)")
+    parser.add_argument("--check", action="store_true", help="validate the profile, print start order and counts, exit")
+    parser.add_argument("--runtime-dir", help="directory for sockets and the lock (default: see DESIGN §6)")
+    parser.add_argument("--log-level", default=os.environ.get("SUNSETD_LOG_LEVEL", "INFO"),
+                        choices=["TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR"])
+    parser.add_argument("--metrics-addr", default="127.0.0.1:9464",
+                        help="HOST:PORT for Prometheus /metrics and /health, or off (default: 127.0.0.1:9464)")
+    parser.add_argument("--spawner", choices=["fork", "exec"], default=os.environ.get("SUNSETD_SPAWNER", "fork"),
+                        help="fork: agents forked from a pre-imported zygote (default, a few ms); "
+                             "exec: a fresh interpreter per agent (about 100 ms)")
+    parser.add_argument("--log-to", choices=["auto", "journal", "stderr"], default="auto",
+                        help="auto: journald (with fields) under systemd, else stderr")
+    return parser
+
+
+def _profile_errors(name: str, errors: list[str]) -> int:
+    for line in errors:
+        print(f"sunsetd: {line}", file=sys.stderr)
+    print(f"sunsetd: profile {name!r} has {len(errors)} error(s); not starting", file=sys.stderr)
+    return EXIT_PROFILE
+
+
+def daemon_main(argv: list[str] | None = None) -> int:
+    """`sunsetd`."""
+    from sunsetd import runcheck
+    from sunsetd.profile import ProfileError, describe, load_profile
+
+    parser = build_daemon_parser()
+    args = parser.parse_args(argv)
+    try:
+        profile = load_profile(args.profile)
+    except ProfileError as exc:
+        return _profile_errors(args.profile, exc.errors)
+    check = runcheck.Check(profile)  # a child imports the agents' modules while we import ours
+    from sunsetd.metrics import parse_address
+
+    try:
+        metrics_addr = parse_address(args.metrics_addr)
+    except ValueError as exc:
+        check.cancel()
+        parser.error(str(exc))
+    if not args.check:
+        from sunsetd import logs, rundir
+        from sunsetd.daemon import Daemon
+    errors = check.errors()
+    if errors:
+        return _profile_errors(args.profile, errors)
+    if args.check:
+        print(describe(profile))
+        return EXIT_OK
+    logs.configure(args.log_level, profile.name, journal={"auto": None, "journal": True, "stderr": False}[args.log_to])
+    return Daemon(profile, rundir.resolve(args.runtime_dir), args.profile, metrics_addr, args.spawner).run()
 
 
 if __name__ == "__main__":

@@ -12,17 +12,10 @@ from typing import Any
 import zmq
 
 from sunsetd import protocol, rundir
+from sunsetd.protocol import RemoteError
 
 REPLY_SLACK_S = 2.0  # the daemon answers `timeout` itself; beyond this we conclude it is not there
-
-
-class RemoteError(Exception):
-    """The daemon answered the request with an error."""
-
-    def __init__(self, code: str, message: str):
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
+__all__ = ["Client", "DaemonUnreachable", "RemoteError"]
 
 
 class DaemonUnreachable(Exception):

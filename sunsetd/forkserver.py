@@ -1,15 +1,18 @@
 """Fork server: agents forked from a pre-imported zygote instead of a fresh interpreter (DESIGN §7).
 
 A new interpreter spends about 80 ms importing zmq, msgpack and the agent runtime before an agent can
-even load; a fork of a process that already holds them costs about 2 ms. The zygote is one long-lived
-child of the daemon that imports the runtime once, never starts a thread or a ZeroMQ context (neither
-survives fork), and forks each agent on request. The agent's own module is imported after the fork, so
-code changed on disk is picked up at the next start, as with exec.
+even load; a fork of a process that already holds them costs a few milliseconds. The zygote is one
+long-lived child of the daemon that imports the runtime once, never starts a thread or a ZeroMQ context
+(neither survives fork), and forks each agent on request. The agent's own module is imported after the
+fork, so code changed on disk is picked up at the next start, as with exec.
 
-The agent must be the daemon's child (pidfds, reaping, PR_SET_PDEATHSIG all assume it), so the zygote
-double-forks: the intermediate exits at once and the agent is reparented to the daemon, which made
-itself a child subreaper. Each request carries the agent's environment and, as SCM_RIGHTS, the write
-ends of its stdout and stderr pipes; the reply is the agent's pid.
+The agent must be the daemon's child (pidfds, reaping, the parent-death signal all assume it), so the
+zygote double-forks: the intermediate exits at once and the agent is reparented to the daemon, which
+made itself a child subreaper. Each request carries the agent's launch and, as SCM_RIGHTS, the write
+ends of its stdout and stderr pipes; the answer is the agent's pid. Requests are pipelined: the daemon
+never waits for an answer, which arrives on the socket its event loop watches.
+
+This module is imported by the zygote: it imports nothing of sunsetd's but the agent runtime.
 """
 from __future__ import annotations
 
@@ -22,76 +25,170 @@ import socket
 import subprocess
 import sys
 import time
+from collections import deque
 from pathlib import Path
+from typing import Any, Callable
 
 PR_SET_NAME = 15
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
+EXIT_PARENT_GONE = 3  # a child whose daemon died before it could ask to die with it
 MAX_REQUEST = 1 << 20
+MAX_OUTSTANDING = 16  # fork requests sent and not answered; more wait in the daemon
+FIRST_ANSWER_S = 10.0  # the first answer waits for the zygote's imports
+ANSWER_S = 5.0
+LAUNCH_ENV = "SUNSETD_LAUNCH"  # sunsetd.protocol.LAUNCH_ENV (not imported: the zygote stays light)
 
 
-def _prctl(option: int, value: int | bytes) -> bool:
+def _load_prctl() -> Callable[..., int] | None:
     try:
-        return ctypes.CDLL(None, use_errno=True).prctl(option, value, 0, 0, 0) == 0
+        return ctypes.CDLL(None, use_errno=True).prctl
     except (OSError, AttributeError):
-        return False
+        return None
+
+
+_PRCTL = _load_prctl()  # resolved once: a child between fork and exec must not load a library
+
+
+def prctl(option: int, value: int | bytes) -> bool:
+    return _PRCTL is not None and _PRCTL(option, value, 0, 0, 0) == 0
 
 
 def become_subreaper() -> bool:
-    """Orphaned descendants are reparented to us (not to init): how forked agents become our children."""
-    return _prctl(PR_SET_CHILD_SUBREAPER, 1)
+    """Orphaned descendants are reparented to us, not to init: forked agents become our children
+    through it, and whatever an agent leaves behind lands here to be killed."""
+    return prctl(PR_SET_CHILD_SUBREAPER, 1)
+
+
+def die_with_parent(parent: int) -> None:
+    """In a new child, before it runs code of its own: SIGKILL when its parent dies, and exit at once
+    if that parent is gone already (the signal is armed only for a parent still alive). Called after
+    any reparenting: the signal follows the parent of the moment it is armed."""
+    prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if parent and os.getppid() != parent:
+        os._exit(EXIT_PARENT_GONE)
 
 
 class ForkServerError(OSError):
-    """The zygote is gone or answered nonsense; the spawner falls back to exec."""
+    """The zygote could not be started."""
 
 
 class ForkServer:
-    """The daemon's side: starts the zygote and asks it for agents."""
+    """The daemon's side: starts the zygote, pipelines fork requests, reads the answers."""
 
-    def __init__(self, runtime_dir: Path, python: str = sys.executable, env: dict | None = None):
+    def __init__(self, runtime_dir: Path, python: str, env: dict, make_pipes: Callable[[], tuple[dict, list[int]]],
+                 on_forked: Callable[[Any, int, dict], None], on_refused: Callable[[Any, Any, str], None],
+                 on_lost: Callable[[str, list], None]):
         self.runtime_dir = runtime_dir
         self.python = python
-        self.env = dict(os.environ if env is None else env)
+        self.env = env
+        self.make_pipes = make_pipes  # () -> ({read fd: (stream, reader)}, [stdout write fd, stderr write fd])
+        self.on_forked = on_forked  # (handle, pid, outputs)
+        self.on_refused = on_refused  # (handle, launch, why): this one start failed in the zygote
+        self.on_lost = on_lost  # (why, [(handle, launch) not forked]): the zygote is gone
         self.sock: socket.socket | None = None
         self.proc: subprocess.Popen | None = None
+        self._waiting: deque[tuple[Any, Any]] = deque()  # (handle, launch) not sent yet
+        self._sent: dict[int, tuple[Any, Any, dict, float]] = {}  # seq -> (handle, launch, outputs, sent at)
+        self._seq = 0
+        self._answered = 0
 
     def start(self) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        self.proc = subprocess.Popen(
-            [self.python, "-m", "sunsetd.forkserver", "--runtime-dir", str(self.runtime_dir), str(theirs.fileno()),
-             str(os.getpid())],
-            pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, env=self.env, close_fds=True)
-        theirs.close()
+        try:
+            self.proc = subprocess.Popen(
+                [self.python, "-m", "sunsetd.forkserver", "--runtime-dir", str(self.runtime_dir),
+                 str(theirs.fileno()), str(os.getpid())],
+                pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, env=self.env, close_fds=True)
+        except OSError as exc:
+            ours.close()
+            raise ForkServerError(f"cannot start the zygote: {exc}") from None
+        finally:
+            theirs.close()
+        ours.setblocking(False)
         self.sock = ours
-        self.sock.settimeout(10.0)  # the first answer waits for the zygote's imports
-        self._ask({"op": "hello"}, [])
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
 
     @property
     def pid(self) -> int | None:
         return self.proc.pid if self.proc else None
 
-    def _ask(self, request: dict, fds: list[int]) -> dict:
-        if self.sock is None:
-            raise ForkServerError("fork server not running")
-        try:
-            self.sock.sendmsg([json.dumps(request).encode()],
-                              [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else [])
-            data = self.sock.recv(65536)
-        except OSError as exc:
-            self.close()
-            raise ForkServerError(f"fork server: {exc}") from None
-        if not data:
-            self.close()
-            raise ForkServerError("fork server exited")
-        reply = json.loads(data)
-        if "error" in reply:
-            raise ForkServerError(reply["error"])
-        return reply
+    @property
+    def outstanding(self) -> int:
+        return len(self._sent) + len(self._waiting)
 
-    def fork(self, env: dict[str, str], title: str, stdout_w: int, stderr_w: int) -> int:
-        self.sock.settimeout(2.0)
-        return int(self._ask({"op": "fork", "env": env, "title": title}, [stdout_w, stderr_w])["pid"])
+    def submit(self, handle: Any, launch: Any) -> None:
+        self._waiting.append((handle, launch))
+        self._pump()
+
+    def stuck(self) -> bool:
+        if not self._sent:
+            return False
+        limit = ANSWER_S if self._answered else FIRST_ANSWER_S
+        return time.monotonic() - min(s[3] for s in self._sent.values()) > limit
+
+    def _pump(self) -> None:
+        while self._waiting and len(self._sent) < MAX_OUTSTANDING and self.sock is not None:
+            handle, launch = self._waiting[0]
+            self._seq += 1
+            request = json.dumps({"seq": self._seq, "launch": launch.encode(), "title": launch.title}).encode()
+            outputs, write_ends = self.make_pipes()
+            try:
+                self.sock.sendmsg([request], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", write_ends))])
+            except BlockingIOError:
+                for fd in list(outputs) + write_ends:
+                    os.close(fd)
+                return  # the zygote is behind: the next answer makes room
+            except OSError as exc:
+                for fd in list(outputs) + write_ends:
+                    os.close(fd)
+                self.lose(f"cannot send to the zygote: {exc.strerror or exc}")
+                return
+            for fd in write_ends:
+                os.close(fd)  # in flight in the socket, the zygote receives its own copies
+            self._waiting.popleft()
+            self._sent[self._seq] = (handle, launch, outputs, time.monotonic())
+
+    def on_readable(self) -> None:
+        while self.sock is not None:
+            try:
+                data = self.sock.recv(65536)
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                self.lose(f"zygote socket: {exc.strerror or exc}")
+                return
+            if not data:
+                self.lose("the zygote exited")
+                return
+            try:
+                answer = json.loads(data)
+                handle, launch, outputs, _ = self._sent.pop(answer["seq"])
+                pid = int(answer["pid"]) if "error" not in answer else None
+            except (ValueError, KeyError, TypeError):
+                self.lose(f"the zygote answered nonsense: {data[:80]!r}")
+                return
+            self._answered += 1
+            if pid is None:
+                for fd in outputs:
+                    os.close(fd)
+                self.on_refused(handle, launch, str(answer["error"]))
+            else:
+                self.on_forked(handle, pid, outputs)
+        self._pump()
+
+    def lose(self, why: str) -> None:
+        """Give up on this zygote: hand back every start it did not answer."""
+        unanswered = [(h, launch) for h, launch, outputs, _ in self._sent.values()]
+        for _h, _l, outputs, _ in self._sent.values():
+            for fd in outputs:
+                os.close(fd)
+        unanswered += list(self._waiting)
+        self._sent.clear()
+        self._waiting.clear()
+        self.on_lost(why, unanswered)
 
     def close(self) -> None:
         if self.sock is not None:
@@ -107,8 +204,9 @@ class ForkServer:
 
 # ---- the zygote's side -----------------------------------------------------------------------------------
 
-def _agent_child(request: dict, fds: list[int], control: socket.socket, daemon_pid: int) -> None:
-    """In the forked agent: become a session leader with our pipes and environment, then run the agent."""
+def _agent_child(request: dict, fds: list[int], control: socket.socket, daemon_pid: int, base_env: dict) -> None:
+    """In the forked agent: a session leader with our pipes and environment, tied to the daemon's life
+    before any agent code runs; then the agent runtime."""
     os.setsid()
     os.dup2(fds[0], 1)
     os.dup2(fds[1], 2)
@@ -118,19 +216,22 @@ def _agent_child(request: dict, fds: list[int], control: socket.socket, daemon_p
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
         signal.signal(sig, signal.SIG_DFL)
     os.environ.clear()
-    os.environ.update(request["env"])
-    _prctl(PR_SET_NAME, request["title"].encode()[:15])
+    os.environ.update(base_env)
+    os.environ[LAUNCH_ENV] = request["launch"]
+    prctl(PR_SET_NAME, str(request["title"]).encode()[:15])
     import random
 
     random.seed()  # a fork copies the zygote's generator: every agent would draw the same numbers
     deadline = time.monotonic() + 1.0
     while os.getppid() != daemon_pid:  # the intermediate is exiting; we are being handed to the daemon
         if time.monotonic() > deadline:
-            os._exit(3)
+            os._exit(EXIT_PARENT_GONE)
         time.sleep(0.0005)
+    # Only now: a parent-death signal armed before the reparenting would fire when the intermediate exits.
+    die_with_parent(daemon_pid)
     from sunsetd.agent import main as agent_main  # pre-imported: only a dictionary lookup here
 
-    sys.argv = ["sunsetd.agent", request["title"]]
+    sys.argv = ["sunsetd.agent", str(request["title"])]
     try:
         code = agent_main()
     except SystemExit as exc:
@@ -140,6 +241,7 @@ def _agent_child(request: dict, fds: list[int], control: socket.socket, daemon_p
 
 
 def _serve(control: socket.socket, daemon_pid: int) -> None:
+    base_env = dict(os.environ)
     while True:
         fds = array.array("i")
         try:
@@ -152,8 +254,10 @@ def _serve(control: socket.socket, daemon_pid: int) -> None:
             if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
                 fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
         request = json.loads(data)
-        if request.get("op") == "hello":
-            control.send(json.dumps({"pid": os.getpid()}).encode())
+        if len(fds) != 2:
+            for fd in fds:
+                os.close(fd)
+            control.send(json.dumps({"seq": request.get("seq"), "error": "expected two pipe ends"}).encode())
             continue
         r, w = os.pipe()
         middle = os.fork()
@@ -162,23 +266,22 @@ def _serve(control: socket.socket, daemon_pid: int) -> None:
             agent = os.fork()
             if agent == 0:
                 os.close(w)
-                _agent_child(request, list(fds), control, daemon_pid)
+                _agent_child(request, list(fds), control, daemon_pid, base_env)
             os.write(w, str(agent).encode())
             os._exit(0)
         os.close(w)
         for fd in fds:
             os.close(fd)
-        os.waitpid(middle, 0)
+        os.waitpid(middle, 0)  # once it is reaped, the agent is the daemon's child
         pid = os.read(r, 32).decode()
         os.close(r)
-        control.send(json.dumps({"pid": int(pid)} if pid else {"error": "fork failed"}).encode())
+        control.send(json.dumps({"seq": request["seq"], "pid": int(pid)} if pid else
+                                {"seq": request["seq"], "error": "fork failed"}).encode())
 
 
 def main() -> None:
     control_fd, daemon_pid = int(sys.argv[-2]), int(sys.argv[-1])
-    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != daemon_pid:
-        os._exit(3)
+    die_with_parent(daemon_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C is the daemon's to handle
     # What every agent needs, imported once here instead of in every agent (about 80 ms each).
     import msgpack  # noqa: F401

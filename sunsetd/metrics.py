@@ -76,7 +76,7 @@ class _SnapshotCollector:
                         [([], memory["budget_mb"] * 1048576)])
         yield gauge("sunsetd_memory_used_bytes", "Memory counted against the budget", [],
                     [([], memory.get("used_mb", 0) * 1048576)])
-        yield gauge("sunsetd_essential_ready", "1 when every essential agent is ready", [],
+        yield gauge("sunsetd_essential_ready", "1 when the daemon is running with every essential agent ready", [],
                     [([], float(snap.get("healthy", False)))])
         router = snap.get("router", {})
         yield counter("sunsetd_bad_frames", "Malformed frames received", ["socket"],
@@ -127,8 +127,9 @@ class Metrics:
         self.lazy_starts.labels(agent).inc()
         self.lazy_start_duration.labels(agent).observe(seconds)
 
-    def publish(self, status: dict, healthy: bool) -> None:
-        self.snapshot = {**status, "healthy": healthy}
+    def publish(self, status: dict) -> None:
+        """A new snapshot: the daemon's status, with `healthy` and `not_ready` as sunsetd.health says."""
+        self.snapshot = status
 
     # ---- the HTTP side
     def serve(self, host: str, port: int) -> str:
@@ -143,8 +144,7 @@ class Metrics:
                     snap = metrics.snapshot
                     body = {"healthy": snap.get("healthy", False), "state": snap.get("state", "starting"),
                             "profile": snap.get("profile"), "counts": snap.get("counts", {}),
-                            "not_ready": [a["name"] for a in snap.get("agents", [])
-                                          if a["essential"] and a["state"] != State.READY.value]}
+                            "not_ready": snap.get("not_ready", [])}
                     self._send(200 if body["healthy"] else 503, "application/json", json.dumps(body).encode())
                 else:
                     self._send(404, "text/plain", b"not found: try /metrics or /health\n")

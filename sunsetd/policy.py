@@ -1,4 +1,4 @@
-"""Restart policy, lifecycle state machine, circuit breaker and request admission (DESIGN §3, §5).
+"""Restart policy, lifecycle state machine and circuit breaker (DESIGN §3).
 
 Sans-I/O: everything here is fed events and the current time and answers with decisions. It never
 touches a process, a socket or a clock, so every transition is tested exhaustively with a fake clock.
@@ -99,6 +99,7 @@ class Lifecycle:
         # what the exit of a stopping incarnation leads to
         self._failure_on_exit: str | None = None  # hung / memory / start timeout: a failure, restart path
         self._start_on_exit = False  # operator restart: start again, not counted
+        self.holding: str | None = None  # why nothing may start any more (shutdown)
 
     # ---- queries
     @property
@@ -151,6 +152,9 @@ class Lifecycle:
 
     def _after_failure(self, now: float, reason: str, clean_exit: bool) -> list[Action]:
         """An incarnation ended without being asked to: decide restart, backoff, or open circuit."""
+        if self.holding is not None:
+            self.trial = False
+            return [self._go(State.STOPPED, f"{reason}; not restarted: {self.holding}", now)]
         mode = self.spec.restart
         if mode is RestartMode.NEVER or (mode is RestartMode.ON_FAILURE and clean_exit):
             self.trial = False
@@ -185,6 +189,8 @@ class Lifecycle:
     # ---- events
     def start(self, now: float, reason: str = "start") -> list[Action]:
         """Start (or start again at once, for an operator): from stopped, backoff or failed."""
+        if self.holding is not None:
+            return []
         if self.state is State.STOPPING:
             self._start_on_exit = True
             return []
@@ -205,9 +211,10 @@ class Lifecycle:
             failure, self._failure_on_exit = self._failure_on_exit, None
             if failure is not None:
                 return self._after_failure(now, f"{failure}, {description}", clean_exit=False)
-            if self._start_on_exit:
+            if self._start_on_exit and self.holding is None:
                 self._start_on_exit = False
                 return [self._go(State.STARTING, f"restart, {description}", now), Spawn()]
+            self._start_on_exit = False
             return [self._go(State.STOPPED, f"stopped, {description}", now)]
         if self.state in (State.STARTING, State.READY):
             what = "exited during start" if self.state is State.STARTING else "exited"
@@ -247,6 +254,23 @@ class Lifecycle:
             return self._terminate(now, reason)
         return self.start(now, reason)
 
+    def hold(self, now: float, reason: str) -> list[Action]:
+        """Nothing starts any more (shutdown): an agent waiting to restart stops now, and any exit from
+        here on ends in `stopped`, whatever the restart policy, even for an agent not asked to stop
+        yet (it still serves its dependents until they are gone)."""
+        self.holding = reason
+        self._start_on_exit = False
+        if self.state in (State.BACKOFF, State.FAILED):
+            self.trial = False
+            return [self._go(State.STOPPED, reason, now)]
+        return []
+
+    def redefine(self, spec: AgentSpec) -> None:
+        """A reload gave the agent a new definition: it gets a fresh restart window and a closed
+        circuit, because the failures it counted belong to the old one."""
+        self.spec = spec
+        self._close_circuit()
+
     def tick(self, now: float) -> list[Action]:
         """Act on the deadline of the current state, if it has passed."""
         deadline = self.next_deadline()
@@ -267,32 +291,3 @@ class Lifecycle:
             return [self._go(State.STARTING, "cooldown over, half-open trial", now), Spawn()]
         return []
 
-
-# ---- request admission (DESIGN §5) ---------------------------------------------------------------------
-
-
-class Admission(enum.Enum):
-    FORWARD = "forward"
-    QUEUE = "queue"
-    QUEUE_AND_START = "queue-and-start"  # a lazy agent that is not running: its first request starts it
-    UNAVAILABLE = "unavailable"
-    OVERLOADED = "overloaded"
-
-
-def admit(lifecycle: Lifecycle, wanted: bool, inflight: int, queued: int) -> Admission:
-    """Where a new request for this agent goes. `wanted`: the supervisor means it to be running."""
-    spec, state = lifecycle.spec, lifecycle.state
-    if state is State.FAILED:
-        return Admission.UNAVAILABLE
-    if state is State.READY and inflight < spec.max_inflight and queued == 0:
-        return Admission.FORWARD
-    if state is State.STOPPED and not wanted:
-        if not spec.lazy:
-            return Admission.UNAVAILABLE
-        return Admission.QUEUE_AND_START if spec.max_queue > 0 else Admission.OVERLOADED
-    if state is State.STOPPING and not wanted:
-        return Admission.UNAVAILABLE if not spec.lazy else (
-            Admission.QUEUE_AND_START if queued < spec.max_queue else Admission.OVERLOADED)
-    if queued >= spec.max_queue:
-        return Admission.OVERLOADED
-    return Admission.QUEUE

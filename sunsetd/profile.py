@@ -1,14 +1,14 @@
 """Profiles (DESIGN §2): find, load, merge (`extends`, defaults, overrides) and validate a profile.
 
 Owns the meaning of every profile field and every profile error. A profile that loads is complete and
-consistent: each agent's settings are resolved, its `run` target is an importable Agent subclass, its
-dependencies exist, are acyclic and are ordered into start levels. Errors are collected, not raised one
-at a time, so `--check` can print all of them; each is one line naming the file, the agent and the field.
+consistent: each agent's settings are resolved, its dependencies exist, are acyclic and are ordered into
+start levels. Errors are collected, not raised one at a time, so `--check` can print all of them; each
+is one line naming the file, the agent and the field. Whether a `run` target imports is checked in a
+child (sunsetd.runcheck): loading a profile never runs user code.
 """
 from __future__ import annotations
 
 import enum
-import importlib
 import os
 import re
 from dataclasses import dataclass, field
@@ -71,6 +71,11 @@ class Profile:
     memory_mb: int | None
     agents: tuple[AgentSpec, ...]
     levels: tuple[tuple[str, ...], ...]  # start order: each level depends only on earlier ones
+    origins: dict[tuple[str, str], Path] = field(default_factory=dict, compare=False, repr=False)
+
+    def origin_of(self, agent: str, key: str) -> Path:
+        """The file that set this field of this agent (for error messages)."""
+        return self.origins.get((agent, key), self.origins.get((agent, "name"), self.path))
 
     def agent(self, name: str) -> AgentSpec:
         return self.by_name[name]
@@ -458,23 +463,6 @@ def _resolve_agent(name: str, raw: _RawAgent, defaults: dict[str, Any], errors: 
     return AgentSpec(**values)
 
 
-def _check_run_target(spec: AgentSpec, origin: Path, errors: list[str]) -> None:
-    from sunsetd.agent import Agent  # the SDK's base class is the contract a `run` target must meet
-
-    module_name, _, class_name = spec.run.partition(":")
-    where = f"{origin}: agent {spec.name!r}: field 'run'"
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as exc:  # any import-time failure of user code is a profile error
-        errors.append(f"{where}: cannot import {module_name!r}: {type(exc).__name__}: {exc}")
-        return
-    cls = getattr(module, class_name, None)
-    if cls is None:
-        errors.append(f"{where}: module {module_name!r} has no {class_name!r}")
-    elif not (isinstance(cls, type) and issubclass(cls, Agent)):
-        errors.append(f"{where}: {spec.run!r} is not a subclass of sunsetd.agent.Agent")
-
-
 def _levels(specs: dict[str, AgentSpec], origin: dict[str, Path], errors: list[str]) -> tuple[tuple[str, ...], ...]:
     level: dict[str, int] = {}
     visiting: list[str] = []
@@ -508,7 +496,7 @@ def _levels(specs: dict[str, AgentSpec], origin: dict[str, Path], errors: list[s
     return tuple(tuple(by_level[i]) for i in sorted(by_level))
 
 
-def load_profile(name_or_path: str, check_imports: bool = True) -> Profile:
+def load_profile(name_or_path: str) -> Profile:
     """Load and validate a profile; raise ProfileError with every fault found."""
     path = find_profile(name_or_path)
     errors: list[str] = []
@@ -526,8 +514,6 @@ def load_profile(name_or_path: str, check_imports: bool = True) -> Profile:
         spec = _resolve_agent(name, raw, defaults, errors)
         if spec is not None:
             specs[name] = spec
-            if check_imports:
-                _check_run_target(spec, raw.origin.get("run", raw.origin["name"]), errors)
     for name, raw in merged.agents.items():  # also for agents with other errors: report everything at once
         deps = raw.fields.get("depends_on", [])
         for dep in deps if isinstance(deps, list) else []:
@@ -550,6 +536,7 @@ def load_profile(name_or_path: str, check_imports: bool = True) -> Profile:
         memory_mb=merged.limits.get("memory_mb"),
         agents=tuple(specs.values()),
         levels=levels,
+        origins={(name, key): origin for name, raw in merged.agents.items() for key, origin in raw.origin.items()},
     )
 
 

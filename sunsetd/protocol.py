@@ -1,13 +1,17 @@
-"""Wire protocol, version 1 (DESIGN §4): message shapes, error codes, encoding and validation.
+"""Wire protocol, version 1 (DESIGN §4), and the launch contract (DESIGN §1, §7).
 
-This module owns what goes on the wire and how bad input is recognised. It never touches a socket:
-the router and the agent runtime call it to turn bytes into checked messages and back.
+This module owns what goes on the wire and how bad input is recognised: message shapes, error codes,
+control ops, encoding and validation, the routing id of an agent's incarnation, and `Launch`, the one
+description of what an agent process is told when it is started. It never touches a socket or a
+process: the router, the spawners and the agent runtime call it to turn bytes into checked messages.
 """
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
-from typing import Any
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Mapping
 
 import msgpack
 
@@ -31,6 +35,28 @@ class ErrorCode(str, enum.Enum):
     AGENT_CRASHED = "agent_crashed"
     AGENT_ERROR = "agent_error"
     SHUTTING_DOWN = "shutting_down"
+
+
+class ControlOp(str, enum.Enum):
+    """Ops of requests addressed to the daemon itself (`to: "sunsetd"`)."""
+
+    STATUS = "status"
+    START = "start"
+    STOP = "stop"
+    RESTART = "restart"
+    RELOAD = "reload"
+    RELOAD_WAIT = "reload_wait"  # the outcome of a reload once it has settled
+    SHUTDOWN = "shutdown"
+
+
+class RemoteError(Exception):
+    """A request through sunsetd was answered with an error: raised by the client library and by an
+    agent's `self.call(...)` alike. `code` is an ErrorCode value, `message` says why."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
 
 
 class Kind(bytes, enum.Enum):
@@ -152,3 +178,108 @@ def parse_agent_reply(body: Any) -> tuple[int, bool, Any]:
             code = ErrorCode.AGENT_ERROR
         return body["id"], False, (code if code in AGENT_REPLY_CODES else ErrorCode.AGENT_ERROR, error["message"])
     raise ProtocolError("REPLY body must have ok:true and a body, or ok:false and error.message")
+
+
+# ---- routing ids --------------------------------------------------------------------------------------
+# An agent's DEALER on the agents socket is known by `name#incarnation`: a restarted agent is a new peer,
+# because a ROUTER refuses a second connection that claims an id in use (DESIGN §4). These two functions
+# are the only place that knows the format.
+
+
+def routing_id(name: str, incarnation: int) -> bytes:
+    return f"{name}#{incarnation}".encode()
+
+
+def parse_routing_id(rid: bytes) -> tuple[str, int] | None:
+    """(name, incarnation) of a routing id, or None when it is not one of ours."""
+    name, sep, number = rid.decode(errors="replace").rpartition("#")
+    if not sep or not name or not number.isdigit() or len(number) > 18:
+        return None
+    return name, int(number)
+
+
+# ---- the launch contract ------------------------------------------------------------------------------
+LAUNCH_VERSION = 1
+LAUNCH_ENV = "SUNSETD_LAUNCH"  # where a spawner puts the encoded Launch for the agent runtime
+_ENDPOINT_SCHEMES = ("ipc://", "tcp://")
+
+
+@dataclass(frozen=True)
+class Launch:
+    """What an agent process is told when it starts: who it is, where to connect, how often to speak.
+
+    Frozen and versioned: every spawner (fork, exec, and later programs and remote nodes) hands the same
+    description to the agent runtime, which refuses a version it does not know. Endpoints are URLs
+    (`ipc:///run/sunsetd/agents.sock`, `tcp://10.0.0.2:7000`), so an agent never builds a path itself.
+    """
+
+    name: str
+    incarnation: int
+    agents_endpoint: str  # the daemon's (or a node's) agents ROUTER: HELLO, heartbeats, replies
+    front_endpoint: str  # the daemon's front ROUTER: the agent's own calls to other agents
+    heartbeat_ms: int
+    liveness: int  # heartbeats the agent may miss from the daemon before it exits
+    stop_timeout_s: float
+    parent_pid: int  # the process the agent must be a child of; 0: no such check (a remote agent)
+    run: str = ""  # module:Class of a Python agent
+    concurrency: int = 1
+    config: Mapping[str, Any] = field(default_factory=dict)
+    version: int = LAUNCH_VERSION
+
+    @property
+    def routing_id(self) -> bytes:
+        return routing_id(self.name, self.incarnation)
+
+    @property
+    def title(self) -> str:
+        """What `ps` shows for this incarnation."""
+        return f"{self.name}#{self.incarnation}"
+
+    def encode(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def decode(cls, text: str) -> "Launch":
+        """The Launch in `text`; ProtocolError naming the field at fault otherwise."""
+        try:
+            raw = json.loads(text)
+        except ValueError as exc:
+            raise ProtocolError(f"launch is not valid JSON ({exc})") from None
+        if not isinstance(raw, dict):
+            raise ProtocolError("launch must be a JSON object")
+        if raw.get("version") != LAUNCH_VERSION:
+            raise ProtocolError(f"launch field 'version' must be {LAUNCH_VERSION}, got {raw.get('version')!r}")
+        checks = {
+            "name": lambda v: isinstance(v, str) and bool(v),
+            "incarnation": lambda v: _is_int(v) and v >= 1,
+            "agents_endpoint": _is_endpoint,
+            "front_endpoint": _is_endpoint,
+            "heartbeat_ms": lambda v: _is_int(v) and v >= 1,
+            "liveness": lambda v: _is_int(v) and v >= 1,
+            "stop_timeout_s": lambda v: _is_number(v) and v > 0,
+            "parent_pid": lambda v: _is_int(v) and v >= 0,
+            "run": lambda v: isinstance(v, str),
+            "concurrency": lambda v: _is_int(v) and v >= 1,
+            "config": lambda v: isinstance(v, dict),
+        }
+        unknown = set(raw) - set(checks) - {"version"}
+        if unknown:
+            raise ProtocolError(f"launch has unknown field {sorted(unknown)[0]!r}")
+        for key, ok in checks.items():
+            if key not in raw and key in ("run", "concurrency", "config"):
+                continue
+            if key not in raw or not ok(raw[key]):
+                raise ProtocolError(f"launch field {key!r} is missing or invalid: {raw.get(key)!r:.80}")
+        return cls(**raw)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _is_endpoint(v: Any) -> bool:
+    return isinstance(v, str) and v.startswith(_ENDPOINT_SCHEMES) and len(v) > 6

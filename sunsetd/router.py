@@ -1,13 +1,14 @@
-"""Router: the front and agents sockets and the request-accounting invariant (DESIGN §4, §5).
+"""Router: the front and agents sockets (DESIGN §4, §5). It decodes, asks, and sends.
 
-Owns both ROUTER sockets and every request from the moment the front socket accepts it until its one
-reply is sent: forwarding, per-agent queues, deadlines, retries, control ops. Every path that takes a
-request out of `pending` goes through `_finish`, which sends exactly one reply; that is the invariant.
-It never blocks: every send is NOBLOCK with ROUTER_MANDATORY, and a failed send is answered, not lost.
+Owns both ROUTER sockets. A frame from a client is decoded and checked here, handed to the request
+book, and the book's decisions are carried out: forwards to agents, replies to clients, control ops to
+the control handlers, lazy starts to whoever starts agents. A frame from an agent is decoded here: a
+REPLY goes to the book, HELLO, READY and HEARTBEAT to the supervisor. It decides nothing itself and
+never blocks: every send is NOBLOCK with ROUTER_MANDATORY, and a failed send goes back to the book.
+It reads a socket only when the event loop says it is readable, at most BATCH messages at a time.
 """
 from __future__ import annotations
 
-import itertools
 import os
 import time
 import traceback
@@ -18,10 +19,9 @@ from typing import Any, Callable
 import zmq
 
 from sunsetd import logs, protocol, rundir
-from sunsetd.policy import Admission, State, Transition, admit
-from sunsetd.protocol import CONTROL_TARGET, ErrorCode, Kind, ProtocolError
-from sunsetd.supervisor import LAZY_START, AgentSlot, PendingRequest, Supervisor
-from sunsetd.timers import Timers
+from sunsetd.protocol import ErrorCode, Kind, ProtocolError
+from sunsetd.requestbook import Control, Decision, Forward, Pending, Reply, RequestBook, StartAgent
+from sunsetd.timers import Timer, Timers
 
 BATCH = 256  # messages read from one socket before the loop looks at the others
 FRONT_SNDHWM = 10_000  # replies buffered for a client that reads slowly, before they count as undeliverable
@@ -30,7 +30,7 @@ FRONT_SNDHWM = 10_000  # replies buffered for a client that reads slowly, before
 def _router_socket(ctx: zmq.Context, path: Path) -> zmq.Socket:
     sock = ctx.socket(zmq.ROUTER)
     # Without ROUTER_MANDATORY a message to a gone or full peer vanishes silently; with it we learn
-    # EHOSTUNREACH or EAGAIN and answer the request ourselves.
+    # EHOSTUNREACH or EAGAIN and the book decides what the request gets.
     sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
     sock.setsockopt(zmq.MAXMSGSIZE, protocol.HARD_FRAME_BYTES)
     sock.setsockopt(zmq.LINGER, 100)
@@ -41,43 +41,67 @@ def _router_socket(ctx: zmq.Context, path: Path) -> zmq.Socket:
 
 
 class Router:
-    def __init__(self, ctx: zmq.Context, runtime_dir: Path, supervisor: Supervisor, timers: Timers):
-        self.supervisor = supervisor
+    def __init__(self, ctx: zmq.Context, runtime_dir: Path, book: RequestBook, timers: Timers):
+        self.book = book
         self.timers = timers
         self.front = _router_socket(ctx, runtime_dir / rundir.FRONT_SOCKET)
         self.agents = _router_socket(ctx, runtime_dir / rundir.AGENTS_SOCKET)
-        self.ids = itertools.count(1)
-        self.pending: dict[int, PendingRequest] = {}
         self.replies: Counter[str] = Counter()  # "ok" or error code -> replies sent
-        self.counters: Counter[str] = Counter()  # bad frames, late replies, stale messages, ...
-        self.shutting_down = False
-        self.extra_status: dict[str, Any] = {}  # added to every status reply (e.g. the metrics address)
-        self.on_shutdown: Callable[[], None] | None = None
-        self.on_reload: Callable[[PendingRequest], None] | None = None
-        self.on_reply: Callable[[str, str, float], None] | None = None  # (agent, code, seconds): metrics
-        supervisor.listener = self
+        self.counters: Counter[str] = Counter()  # bad frames, unknown peers, undeliverable replies, ...
+        # where the decisions that are not the router's own go (set by the daemon)
+        self.on_control: Callable[[Pending], None] = lambda p: self.fail(p, ErrorCode.BAD_REQUEST, "no control")
+        self.on_start: Callable[[str], str | None] = lambda name: "no supervisor"
+        self.on_agent_message: Callable[[str, int, Kind, Any], None] = lambda *_: None
+        self.on_reply: Callable[[str, str, float], None] | None = None  # (label, code, seconds): metrics
+        self._deadline: Timer | None = None
+        self._wall_offset = time.time() - timers.now()  # agents see wall-clock deadlines
 
     def close(self) -> None:
         self.front.close(linger=100)
         self.agents.close(linger=0)
 
-    # ---- the one way out of `pending`
-    def _finish(self, p: PendingRequest, reply: dict) -> None:
-        if self.pending.pop(p.rid, None) is None:
-            return  # already answered
-        self.timers.cancel(p.timer)
-        code = "ok" if reply["ok"] else reply["error"]["code"]
+    # ---- carrying out the book's decisions
+    def execute(self, decisions: list[Decision]) -> None:
+        for d in decisions:
+            if type(d) is Forward:
+                self._forward(d)
+            elif type(d) is Reply:
+                self._send_reply(d)
+            elif type(d) is Control:
+                self.on_control(d.request)
+            elif type(d) is StartAgent:
+                refusal = self.on_start(d.agent)
+                if refusal is not None:
+                    self.execute(self.book.start_refused(d.agent, refusal))
+        self._arm_deadline()
+
+    def answer(self, p: Pending, body: Any) -> None:
+        self.execute(self.book.answer(p.rid, body))
+
+    def fail(self, p: Pending, code: ErrorCode, message: str) -> None:
+        self.execute(self.book.fail(p.rid, code, message))
+
+    def _forward(self, d: Forward) -> None:
+        p = d.request
+        frame = protocol.pack({"id": p.rid, "op": p.op, "body": p.body, "deadline": p.deadline + self._wall_offset})
+        try:
+            self.agents.send_multipart([protocol.routing_id(p.to, d.incarnation), Kind.REQUEST.value, frame],
+                                       flags=zmq.NOBLOCK)
+        except zmq.Again:
+            self.execute(self.book.forward_failed(p, peer_gone=False))
+        except zmq.ZMQError:  # EHOSTUNREACH: its connection is gone though its exit is not seen yet
+            self.execute(self.book.forward_failed(p, peer_gone=True))
+
+    def _send_reply(self, d: Reply) -> None:
+        p = d.request
+        if d.ok:
+            code, reply = "ok", protocol.ok_reply(p.client_id, d.body)
+        else:
+            code, reply = d.code.value, protocol.error_reply(p.client_id, d.code, d.message)
         self.replies[code] += 1
         if self.on_reply is not None:
-            known = p.to in self.supervisor.slots or p.to == CONTROL_TARGET
-            self.on_reply(p.to if known else "unknown", code, time.monotonic() - p.received_at)
+            self.on_reply(p.label, code, self.timers.now() - p.received_at)
         self._send_front(p.envelope, reply)
-
-    def fail(self, p: PendingRequest, code: ErrorCode, message: str) -> None:
-        self._finish(p, protocol.error_reply(p.client_id, code, message))
-
-    def answer(self, p: PendingRequest, body: Any) -> None:
-        self._finish(p, protocol.ok_reply(p.client_id, body))
 
     def _send_front(self, envelope: list[bytes], reply: dict) -> None:
         try:
@@ -85,15 +109,21 @@ class Router:
         except zmq.ZMQError:  # EHOSTUNREACH (client gone) or EAGAIN (client not reading)
             self.counters["undeliverable_replies"] += 1
 
-    def _bad_frame(self, where: str, message: str) -> None:
-        key = f"bad_frames_{where}"
-        self.counters[key] += 1
-        n = self.counters[key]
-        if n & (n - 1) == 0:  # log the 1st, 2nd, 4th, 8th...: a flood of garbage cannot flood the log
-            logs.event(logs.DAEMON, "bad_frame", message, "WARNING", socket=where, count=n)
+    def _arm_deadline(self) -> None:
+        when = self.book.next_deadline()
+        timer = self._deadline
+        if when is None or (timer is not None and not timer.cancelled and timer.when <= when):
+            return  # the armed timer fires first; it re-arms for what is left
+        self.timers.cancel(timer)
+        self._deadline = self.timers.call_at(when, self._expire)
+
+    def _expire(self) -> None:
+        self._deadline = None
+        self.execute(self.book.expire(self.timers.now()))
 
     # ---- front socket
     def on_front_readable(self) -> None:
+        self._wall_offset = time.time() - self.timers.now()
         for _ in range(BATCH):
             try:
                 frames = self.front.recv_multipart(zmq.NOBLOCK, copy=True)
@@ -104,13 +134,6 @@ class Router:
             except Exception:  # a bug of ours must not let one frame take the daemon and its agents down
                 self._internal_error("front")
 
-    def _internal_error(self, where: str) -> None:
-        """Log and count an unexpected exception while handling one message. A request it concerned has
-        its deadline timer already, so it still gets its one reply (`timeout`)."""
-        self.counters[f"internal_errors_{where}"] += 1
-        logs.event(logs.DAEMON, "internal_error", f"while handling a frame on the {where} socket:\n"
-                   + traceback.format_exc(), "ERROR")
-
     def _on_front_message(self, frames: list[bytes]) -> None:
         if len(frames) < 2:
             self._bad_frame("front", "a message with no payload frame")
@@ -118,8 +141,7 @@ class Router:
         envelope, payload = frames[:-1], frames[-1]
         if any(envelope[1:]):
             self._bad_frame("front", "request must be one frame, after an optional empty delimiter")
-            self._send_front(envelope[:1], protocol.error_reply(
-                None, ErrorCode.BAD_REQUEST, "request must be one msgpack frame (after an optional empty delimiter)"))
+            self._refuse(envelope[:1], None, "request must be one msgpack frame (after an optional empty delimiter)")
             return
         msg = None
         try:
@@ -127,136 +149,38 @@ class Router:
             request = protocol.parse_request(msg)
         except ProtocolError as exc:
             self._bad_frame("front", str(exc))
-            self.replies[ErrorCode.BAD_REQUEST.value] += 1
-            self._send_front(envelope, protocol.error_reply(protocol.request_id_of(msg), ErrorCode.BAD_REQUEST, str(exc)))
+            self._refuse(envelope, protocol.request_id_of(msg), str(exc))
             return
-        now = time.monotonic()
-        p = PendingRequest(
-            rid=next(self.ids), envelope=envelope, client_id=request.id, to=request.to, op=request.op,
-            body=request.body, deadline=now + request.timeout_ms / 1000.0,
-            wall_deadline=time.time() + request.timeout_ms / 1000.0, retry=request.retry, received_at=now)
-        self.pending[p.rid] = p
-        if self.shutting_down and not self._served_while_stopping(request):
-            self.fail(p, ErrorCode.SHUTTING_DOWN, "sunsetd is shutting down")
-            return
-        p.timer = self.timers.call_at(p.deadline, lambda: self._expire(p))
-        if request.to == CONTROL_TARGET:
-            self._control(p)
-            return
-        slot = self.supervisor.slots.get(request.to)
-        if slot is None or slot.removed:
-            self.fail(p, ErrorCode.UNKNOWN_AGENT, f"no agent {request.to!r} in profile {self.supervisor.profile.name}")
-            return
-        slot.last_request_at = now
-        decision = admit(slot.lifecycle, slot.wanted, len(slot.inflight), len(slot.queue))
-        if decision is Admission.FORWARD:
-            self._forward(slot, p)
-        elif decision is Admission.QUEUE:
-            slot.queue.append(p)
-        elif decision is Admission.QUEUE_AND_START:
-            refusal = self.supervisor.start_agent(slot, LAZY_START)
-            if refusal is None:
-                slot.queue.append(p)
-            else:
-                self.fail(p, ErrorCode.OVERLOADED, refusal)
-        elif decision is Admission.UNAVAILABLE:
-            self.fail(p, ErrorCode.UNAVAILABLE, self._unavailable_message(slot))
-        else:
-            self.fail(p, ErrorCode.OVERLOADED,
-                       f"{slot.name} has {len(slot.queue)} requests queued (max_queue={slot.spec.max_queue})")
+        self.execute(self.book.accept(envelope, request, self.timers.now()))
 
-    def _served_while_stopping(self, request: protocol.Request) -> bool:
-        """While shutting down, an agent that is still ready still answers: agents stop in reverse
-        dependency order, so a dependent's teardown can still call what it depends on."""
-        if request.to == CONTROL_TARGET:
-            return request.op == "status"
-        slot = self.supervisor.slots.get(request.to)
-        return slot is not None and slot.state is State.READY and len(slot.inflight) < slot.spec.max_inflight
-
-    def _unavailable_message(self, slot: AgentSlot) -> str:
-        lc = slot.lifecycle
-        if lc.state is State.FAILED:
-            trial = f"; half-open trial in {max(0.0, lc.cooldown_until - time.monotonic()):.1f}s" \
-                if lc.cooldown_until is not None else ""
-            return f"{slot.name} is failed (circuit open: {lc.reason}){trial}"
-        return f"{slot.name} is {lc.state.value} ({lc.reason})"
-
-    def _forward(self, slot: AgentSlot, p: PendingRequest) -> bool:
-        frame = protocol.pack({"id": p.rid, "op": p.op, "body": p.body, "deadline": p.wall_deadline})
-        try:
-            self.agents.send_multipart([slot.routing_id, Kind.REQUEST.value, frame], flags=zmq.NOBLOCK)
-        except zmq.Again:
-            self.fail(p, ErrorCode.OVERLOADED, f"{slot.name}'s pipe is full")
-            return False
-        except zmq.ZMQError:
-            # EHOSTUNREACH: its connection is gone though its exit is not seen yet. It never got the
-            # request, so the request may wait for the next incarnation.
-            slot.queue.appendleft(p)
-            return False
-        slot.inflight[p.rid] = p
-        return True
-
-    def _flush(self, slot: AgentSlot) -> None:
-        while slot.queue and slot.state is State.READY and len(slot.inflight) < slot.spec.max_inflight:
-            p = slot.queue.popleft()
-            if p.rid in self.pending and not self._forward(slot, p):
-                return
-
-    def _expire(self, p: PendingRequest) -> None:
-        if p.rid not in self.pending:
-            return
-        slot = self.supervisor.slots.get(p.to)
-        where = "queued"
-        if slot is not None:
-            if slot.inflight.pop(p.rid, None) is not None:
-                where = "in flight"
-            else:
-                try:
-                    slot.queue.remove(p)
-                except ValueError:
-                    pass
-        self.fail(p, ErrorCode.TIMEOUT, f"no reply from {p.to} within {(p.deadline - p.received_at) * 1000:.0f}ms "
-                                         f"(request was {where})")
-        if slot is not None and where == "in flight":
-            self._flush(slot)  # its place in flight is free: the queue behind it moves on
+    def _refuse(self, envelope: list[bytes], client_id: Any, message: str) -> None:
+        """A frame that is not a request is never accepted, so it is not the book's: answered here."""
+        self.replies[ErrorCode.BAD_REQUEST.value] += 1
+        self._send_front(envelope, protocol.error_reply(client_id, ErrorCode.BAD_REQUEST, message))
 
     # ---- agents socket
     def on_agents_readable(self) -> None:
         for _ in range(BATCH):
-            if not self._read_agent_message():
+            try:
+                frames = self.agents.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
                 return
+            try:
+                self._on_agent_message(frames)
+            except Exception:
+                self._internal_error("agents")
 
-    def drain_agents(self) -> None:
-        while self._read_agent_message():
-            pass
-
-    def _read_agent_message(self) -> bool:
-        try:
-            frames = self.agents.recv_multipart(zmq.NOBLOCK)
-        except zmq.Again:
-            return False
-        try:
-            self._on_agent_message(frames)
-        except Exception:
-            self._internal_error("agents")
-        return True
-
-    def await_last_replies(self, slot: AgentSlot, timeout_s: float) -> None:
-        """An agent that exited cleanly wrote its last replies before exiting, but libzmq's I/O thread
-        may not have read them yet when the exit is seen: give them up to `timeout_s` to arrive."""
-        deadline = time.monotonic() + timeout_s
-        self.drain_agents()
-        while slot.inflight:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not self.agents.poll(max(1, int(remaining * 1000))):
-                return
-            self.drain_agents()
+    @property
+    def unread(self) -> bool:
+        """Messages wait on the agents socket that the loop has not read yet (a peek, not a read)."""
+        return bool(self.agents.getsockopt(zmq.EVENTS) & zmq.POLLIN)
 
     def _on_agent_message(self, frames: list[bytes]) -> None:
-        slot = self.supervisor.slot_for(frames[0])
-        if slot is None:
-            self.counters["stale_agent_messages"] += 1  # an old incarnation, or not an agent of ours
+        peer = protocol.parse_routing_id(frames[0])
+        if peer is None:
+            self.counters["unknown_peers"] += 1  # not an id we give out
             return
+        name, incarnation = peer
         try:
             kind, body = protocol.parse_agent_frames(frames[1:])
             if kind is Kind.REPLY:
@@ -266,154 +190,33 @@ class Router:
         except ProtocolError as exc:
             self._bad_frame("agents", f"from {frames[0].decode(errors='replace')}: {exc}")
             return
-        if kind is not Kind.REPLY:
-            self.supervisor.on_agent_message(slot, kind, body)
-            return
-        slot.last_heard = time.monotonic()
-        p = slot.inflight.pop(rid, None)
-        if p is None:
-            self.counters["late_replies"] += 1  # its request was already answered (timeout)
-            if slot.queue:
-                self._flush(slot)
-            return
-        if ok:
-            self._finish(p, protocol.ok_reply(p.client_id, value))
+        if kind is Kind.REPLY:
+            self.execute(self.book.replied(name, incarnation, rid, ok, value))
         else:
-            self.fail(p, value[0], value[1])
-        if slot.queue:
-            self._flush(slot)
+            self.on_agent_message(name, incarnation, kind, body)
 
-    def send_to_agent(self, slot: AgentSlot, kind: Kind, body: Any = None) -> bool:
-        if slot.routing_id is None:
-            return False
-        frames = [slot.routing_id, kind.value] + ([] if body is None else [protocol.pack(body)])
+    def send(self, name: str, incarnation: int, kind: Kind, body: Any = None) -> bool:
+        """A frame to one incarnation (the supervisor's heartbeats and STOP)."""
+        frames = [protocol.routing_id(name, incarnation), kind.value]
+        if body is not None:
+            frames.append(protocol.pack(body))
         try:
             self.agents.send_multipart(frames, flags=zmq.NOBLOCK)
             return True
         except zmq.ZMQError:
             return False
 
-    # ---- supervisor events
-    def on_transition(self, slot: AgentSlot, t: Transition) -> None:
-        if t.new is State.READY:
-            self._flush(slot)
-        elif t.new is State.FAILED:
-            self._fail_queue(slot, ErrorCode.UNAVAILABLE, self._unavailable_message(slot))
-        elif t.new is State.STOPPED and not slot.wanted:
-            self.agent_stopped(slot, t.reason)
+    # ---- bad input
+    def _bad_frame(self, where: str, message: str) -> None:
+        key = f"bad_frames_{where}"
+        self.counters[key] += 1
+        n = self.counters[key]
+        if n & (n - 1) == 0:  # log the 1st, 2nd, 4th, 8th...: a flood of garbage cannot flood the log
+            logs.event(logs.DAEMON, "bad_frame", message, "WARNING", socket=where, count=n)
 
-    def agent_stopped(self, slot: AgentSlot, reason: str) -> None:
-        """The agent is stopped and meant to stay so: what waits for it gets its answer now."""
-        if self.shutting_down:
-            self._fail_queue(slot, ErrorCode.SHUTTING_DOWN, "sunsetd is shutting down")
-        else:
-            self._fail_queue(slot, ErrorCode.UNAVAILABLE, f"{slot.name} was stopped ({reason})")
-
-    def on_process_gone(self, slot: AgentSlot, description: str) -> None:
-        """The incarnation died: requests it held are answered now, or (retry: true) sent to the next one."""
-        inflight = sorted(slot.inflight.values(), key=lambda p: p.rid, reverse=True)
-        slot.inflight.clear()
-        comes_back = slot.state in (State.STARTING, State.BACKOFF) and not self.shutting_down
-        for p in inflight:
-            if p.retry and not p.retried and comes_back:
-                p.retried = True
-                slot.queue.appendleft(p)  # keeps arrival order, ahead of requests that came later
-            elif self.shutting_down:
-                self.fail(p, ErrorCode.SHUTTING_DOWN, f"sunsetd is shutting down; {slot.name} {description}")
-            else:
-                self.fail(p, ErrorCode.AGENT_CRASHED, f"{slot.name} {description} with the request in flight")
-
-    def _fail_queue(self, slot: AgentSlot, code: ErrorCode, message: str) -> None:
-        while slot.queue:
-            self.fail(slot.queue.popleft(), code, message)
-
-    # ---- control ops (to: "sunsetd")
-    def _control(self, p: PendingRequest) -> None:
-        sup = self.supervisor
-        if p.op == "status":
-            # body {agent: NAME} asks for one agent only, cheaply (no RSS read): for pollers
-            name = p.body.get("agent") if isinstance(p.body, dict) else None
-            if name is not None:
-                if not isinstance(name, str):
-                    self.fail(p, ErrorCode.BAD_REQUEST, "status body field 'agent' must be a string")
-                    return
-                slot = sup.slots.get(name)
-                if slot is None:
-                    self.fail(p, ErrorCode.UNKNOWN_AGENT, f"no agent {name!r} in profile {sup.profile.name}")
-                else:
-                    self.answer(p, sup.agent_status(slot, time.monotonic(), fresh_rss=False))
-                return
-            status = sup.status()
-            status["router"] = {"pending": len(self.pending), "replies": dict(self.replies), **self.counters}
-            status.update(self.extra_status)
-            self._finish(p, protocol.ok_reply(p.client_id, status))
-            return
-        if p.op == "shutdown":
-            self._finish(p, protocol.ok_reply(p.client_id, {"state": "stopping"}))
-            if self.on_shutdown is not None:
-                self.on_shutdown()
-            return
-        if p.op == "reload":
-            if self.on_reload is None:
-                self.fail(p, ErrorCode.BAD_REQUEST, "this daemon cannot reload its profile")
-            else:
-                self.on_reload(p)
-            return
-        if p.op not in ("start", "stop", "restart"):
-            self.fail(p, ErrorCode.BAD_REQUEST,
-                       f"unknown control op {p.op!r} (status, start, stop, restart, reload, shutdown)")
-            return
-        name = p.body.get("agent") if isinstance(p.body, dict) else None
-        if not isinstance(name, str):
-            self.fail(p, ErrorCode.BAD_REQUEST, f"control op {p.op!r} needs body {{agent: NAME}}")
-            return
-        slot = sup.slots.get(name)
-        if slot is None:
-            self.fail(p, ErrorCode.UNKNOWN_AGENT, f"no agent {name!r} in profile {sup.profile.name}")
-            return
-        incarnation = slot.incarnation
-        if p.op == "stop":
-            sup.stop_agent(slot)
-            done = lambda s: s.state is State.STOPPED  # noqa: E731
-        elif p.op == "start":
-            refusal = sup.start_agent(slot)
-            if refusal is not None:
-                self.fail(p, ErrorCode.OVERLOADED, refusal)
-                return
-            done = lambda s: s.state is State.READY  # noqa: E731
-        else:
-            sup.restart_agent(slot)
-            done = lambda s: s.state is State.READY and s.incarnation > incarnation  # noqa: E731
-
-        def watcher(s: AgentSlot, _t: Transition | None = None) -> bool:
-            if p.rid not in self.pending:
-                return True  # answered already (deadline)
-            if done(s):
-                self._finish(p, protocol.ok_reply(p.client_id, self._agent_brief(s)))
-                return True
-            if s.state is State.FAILED:
-                self.fail(p, ErrorCode.UNAVAILABLE, self._unavailable_message(s))
-                return True
-            if p.op != "stop" and s.state is State.STOPPED and not s.wanted:
-                self.fail(p, ErrorCode.UNAVAILABLE, f"{s.name} was stopped ({s.lifecycle.reason})")
-                return True
-            return False
-
-        if not watcher(slot):
-            slot.watchers.append(watcher)
-
-    @staticmethod
-    def _agent_brief(slot: AgentSlot) -> dict:
-        return {"agent": slot.name, "state": slot.state.value, "incarnation": slot.incarnation,
-                "pid": slot.process.pid if slot.process else None}
-
-    # ---- shutdown
-    def begin_shutdown(self) -> None:
-        """New requests get shutting_down; queued ones too; in-flight ones may still finish."""
-        self.shutting_down = True
-        for slot in self.supervisor.slots.values():
-            self._fail_queue(slot, ErrorCode.SHUTTING_DOWN, "sunsetd is shutting down")
-
-    def fail_all_pending(self) -> None:
-        for p in list(self.pending.values()):
-            self.fail(p, ErrorCode.SHUTTING_DOWN, "sunsetd is shutting down")
+    def _internal_error(self, where: str) -> None:
+        """Log and count an unexpected exception while handling one message. A request it concerned has
+        its deadline in the book already, so it still gets its one reply (`timeout`)."""
+        self.counters[f"internal_errors_{where}"] += 1
+        logs.event(logs.DAEMON, "internal_error", f"while handling a frame on the {where} socket:\n"
+                   + traceback.format_exc(), "ERROR")

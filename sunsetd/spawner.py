@@ -1,28 +1,111 @@
-"""Spawner: creates agent processes and the handles the event loop watches (DESIGN §1, §3).
+"""Spawners: every OS call about processes, behind process handles (DESIGN §1, §7).
 
-Owns every OS call about processes: fork/exec, pidfds, process groups, signals, reaping, and the
-pipes of the agents' stdout and stderr. It decides nothing: the supervisor says when to start and
-stop. `Spawner` is an interface so a pre-forked zygote or a remote placement can replace `ExecSpawner`
-without touching the supervisor.
+A spawn answers at once with a `ProcessHandle`; what happens to the process arrives later as events
+for the listener given at the spawn: `Started` (it exists, with its pid), `SpawnFailed`, `Output` (a
+line it printed), `Memory` (its RSS, about once a second) and `Exited`. The handle offers terminate,
+kill, pause, resume and memory. The supervisor never sees a pid it could signal, a file descriptor or
+psutil: a handle may be a forked Python agent, an exec'd interpreter, and later any program or a
+process on another host.
+
+Process hygiene lives here, for every child whatever it runs: its own session and process group, a
+parent-death signal set before it runs any code of its own (a foreign program will not set one), the
+daemon a child subreaper so that nothing an agent leaves behind escapes to init, orphans killed, every
+child reaped through its pidfd the moment it exits, output pipes read and cut into lines.
 """
 from __future__ import annotations
 
-import json
 import os
+import select
 import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Callable, Protocol
 
 import psutil
 
-from sunsetd.agent import SPEC_ENV
+from sunsetd import logs, rundir
+from sunsetd.forkserver import ForkServer, become_subreaper, die_with_parent
 from sunsetd.profile import AgentSpec
+from sunsetd.protocol import LAUNCH_ENV, Launch
+from sunsetd.timers import Timer, Timers
 
 MAX_LINE = 16 * 1024  # a longer line is cut, so one agent cannot make the daemon buffer without bound
+SAMPLE_INTERVAL_S = 1.0  # RSS of every child
+SWEEP_INTERVAL_S = 1.0  # orphans left by dead agents
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+# ---- events ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    handle: "ProcessHandle"
+
+
+@dataclass(frozen=True, slots=True)
+class SpawnFailed:
+    handle: "ProcessHandle"
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    handle: "ProcessHandle"
+    stream: str  # stdout | stderr
+    line: str
+
+
+@dataclass(frozen=True, slots=True)
+class Memory:
+    handle: "ProcessHandle"
+    rss: int  # bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Exited:
+    handle: "ProcessHandle"
+    code: int  # exit status, or minus the signal that killed it
+    description: str
+
+
+ProcessEvent = Started | SpawnFailed | Output | Memory | Exited
+Listener = Callable[[ProcessEvent], None]
+
+
+class ProcessHandle(Protocol):
+    name: str
+    incarnation: int
+    pid: int | None  # for status and logs only; None until started
+    started_at: float | None  # monotonic, once started
+
+    def terminate(self) -> None: ...  # SIGTERM to its group (and SIGCONT, so that a frozen one obeys)
+    def kill(self) -> None: ...
+    def pause(self) -> None: ...
+    def resume(self) -> None: ...
+    def memory(self, fresh: bool = False) -> int | None: ...
+
+
+class Spawner(Protocol):
+    def spawn(self, spec: AgentSpec, incarnation: int, listener: Listener) -> ProcessHandle: ...
+    def close(self) -> None: ...
+
+
+class FdWatcher(Protocol):
+    def watch(self, fd: int, callback: Callable[[], None]) -> None: ...
+    def unwatch(self, fd: int) -> None: ...
+
+
+def describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
 
 
 class LineReader:
@@ -52,66 +135,279 @@ class LineReader:
         return [c.decode(errors="replace") for c in chunks], False
 
 
-@dataclass
-class AgentProcess:
-    """One running incarnation: its pid, a pidfd that becomes readable at exit, and its output pipes."""
-
-    pid: int
-    pidfd: int
-    popen: subprocess.Popen | None  # None when forked by the fork server
-    outputs: dict[int, tuple[str, LineReader]] = field(default_factory=dict)  # fd -> (stream, reader)
-    started_at: float = field(default_factory=time.monotonic)
-    reaped: bool = False
-
-    def signal_group(self, sig: int) -> None:
-        """Signal the agent's whole process group (it leads its own session), ignoring a gone group."""
-        if self.reaped:
-            return  # never signal a reaped pid: the number may belong to someone else by now
-        try:
-            os.killpg(self.pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
-
-    def reap(self) -> int:
-        """Collect the exit status (the pidfd said it exited), after killing what is left of its group.
-
-        Until reaped, the zombie leader keeps the process-group id reserved, so the killpg cannot hit an
-        unrelated group: leftover children of the agent die with it, and none is orphaned.
-        """
-        self.signal_group(signal.SIGKILL)
-        code = self.popen.wait() if self.popen is not None else _wait_child(self.pid)
-        self.reaped = True
-        os.close(self.pidfd)
-        return code
-
-    def close_output(self, fd: int) -> None:
-        self.outputs.pop(fd, None)
-        os.close(fd)
-
-
-def _wait_child(pid: int) -> int:
-    """Exit code of a forked agent. One that died within a millisecond of its fork may still be the
-    zygote's intermediate's child for a moment: it is ours (we are a subreaper) once that one exits."""
-    deadline = time.monotonic() + 1.0
-    while True:
-        try:
-            _, status = os.waitpid(pid, 0)
-            return os.waitstatus_to_exitcode(status)
-        except ChildProcessError:
-            if time.monotonic() > deadline:
-                return -signal.SIGKILL  # never ours after all; it is gone, which is what matters
-            time.sleep(0.001)
-
-
 def _pipes() -> tuple[dict[int, tuple[str, LineReader]], list[int]]:
     """Non-blocking read ends for stdout and stderr, and the write ends to hand to the child."""
     outputs, write_ends = {}, []
     for stream in ("stdout", "stderr"):
-        r, w = os.pipe()
+        r, w = os.pipe2(os.O_CLOEXEC)
         os.set_blocking(r, False)
         outputs[r] = (stream, LineReader(r))
         write_ends.append(w)
     return outputs, write_ends
+
+
+def rss_of(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as f:
+            return int(f.read().split()[1]) * _PAGE
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def launch_of(spec: AgentSpec, incarnation: int, agents_endpoint: str, front_endpoint: str,
+              parent_pid: int) -> Launch:
+    return Launch(name=spec.name, incarnation=incarnation, agents_endpoint=agents_endpoint,
+                  front_endpoint=front_endpoint, heartbeat_ms=spec.heartbeat_ms, liveness=spec.liveness,
+                  stop_timeout_s=spec.stop_timeout_s, parent_pid=parent_pid, run=spec.run,
+                  concurrency=spec.concurrency, config=spec.config)
+
+
+# ---- local processes -----------------------------------------------------------------------------------
+
+
+class LocalHandle:
+    """One process on this host. Signals asked for before it started are delivered when it starts."""
+
+    def __init__(self, name: str, incarnation: int, listener: Listener):
+        self.name = name
+        self.incarnation = incarnation
+        self.listener = listener
+        self.pid: int | None = None
+        self.started_at: float | None = None
+        self.pidfd: int | None = None
+        self.popen: subprocess.Popen | None = None
+        self.outputs: dict[int, tuple[str, LineReader]] = {}
+        self.rss: int | None = None
+        self.announced = False  # Started was delivered
+        self.reaped = False
+        self._early_signals: list[int] = []
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name}#{self.incarnation} pid={self.pid}>"
+
+    def _signal(self, sig: int) -> None:
+        if self.reaped:
+            return  # never signal a reaped pid: the number may belong to someone else by now
+        if self.pid is None:
+            self._early_signals.append(sig)
+            return
+        try:
+            os.killpg(self.pid, sig)  # it leads its own group: what it started goes too, never us
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def terminate(self) -> None:
+        self._signal(signal.SIGTERM)
+        self._signal(signal.SIGCONT)  # a frozen agent must run to obey the SIGTERM
+
+    def kill(self) -> None:
+        self._signal(signal.SIGKILL)
+
+    def pause(self) -> None:
+        self._signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self._signal(signal.SIGCONT)
+
+    def memory(self, fresh: bool = False) -> int | None:
+        if fresh and self.pid is not None and not self.reaped:
+            self.rss = rss_of(self.pid)
+        return self.rss
+
+
+class LocalSpawner:
+    """Process hygiene for every local child; subclasses say how an agent's process is made.
+
+    Owns the handles of live children, their pidfds and pipes (watched in the event loop), the RSS
+    samples, and the sweep that kills and reaps what dead agents left behind.
+    """
+
+    def __init__(self, runtime_dir: Path, fds: FdWatcher, timers: Timers, python: str = sys.executable,
+                 env: dict | None = None):
+        self.runtime_dir = runtime_dir
+        self.fds = fds
+        self.timers = timers
+        self.python = python
+        self.pid = os.getpid()
+        self.agents_endpoint = rundir.endpoint(runtime_dir, rundir.AGENTS_SOCKET)
+        self.front_endpoint = rundir.endpoint(runtime_dir, rundir.FRONT_SOCKET)
+        self.env = dict(os.environ if env is None else env)
+        self.env["PYTHONUNBUFFERED"] = "1"  # agent lines reach the log when printed, not when a buffer fills
+        for name in ("NOTIFY_SOCKET", "WATCHDOG_PID", "WATCHDOG_USEC", LAUNCH_ENV):
+            self.env.pop(name, None)  # sd_notify belongs to the daemon, never to an agent
+        self.subreaper = become_subreaper()
+        if not self.subreaper:
+            logs.event(logs.DAEMON, "spawner", "cannot become a child subreaper: orphans of agents escape to init",
+                       "WARNING")
+        self.handles: dict[int, LocalHandle] = {}  # pid -> handle, until reaped
+        self._timers: list[Timer] = [timers.call_later(SAMPLE_INTERVAL_S, self._sample),
+                                     timers.call_later(SWEEP_INTERVAL_S, self._sweep)]
+        self.closed = False
+
+    # ---- the interface
+    def launch(self, spec: AgentSpec, incarnation: int) -> Launch:
+        return launch_of(spec, incarnation, self.agents_endpoint, self.front_endpoint, self.pid)
+
+    def spawn(self, spec: AgentSpec, incarnation: int, listener: Listener) -> LocalHandle:
+        handle = LocalHandle(spec.name, incarnation, listener)
+        self._start_agent(handle, self.launch(spec, incarnation))
+        return handle
+
+    def spawn_helper(self, name: str, argv: list[str], listener: Listener) -> LocalHandle:
+        """A short-lived helper (a check of run targets): a child like any other, not an agent."""
+        handle = LocalHandle(name, 0, listener)
+        self._exec(handle, argv, self.env)
+        return handle
+
+    def close(self) -> None:
+        self.closed = True
+        for timer in self._timers:
+            self.timers.cancel(timer)
+
+    def known_pids(self) -> set[int]:
+        return set(self.handles)
+
+    def spawning(self) -> bool:
+        """A child may exist whose pid we have not learnt yet (the zygote's answer is on its way)."""
+        return False
+
+    # ---- making processes
+    def _start_agent(self, handle: LocalHandle, launch: Launch) -> None:
+        self._exec(handle, [self.python, "-m", "sunsetd.agent", launch.title, "--runtime-dir", str(self.runtime_dir)],
+                   {**self.env, LAUNCH_ENV: launch.encode()})
+
+    def _exec(self, handle: LocalHandle, argv: list[str], env: dict) -> None:
+        outputs, (out_w, err_w) = _pipes()
+        parent = self.pid
+        try:
+            popen = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=out_w, stderr=err_w, env=env, close_fds=True,
+                start_new_session=True,  # its own session and process group: signals reach all of it, never us
+                preexec_fn=lambda: die_with_parent(parent))
+        except OSError as exc:
+            for fd in outputs:
+                os.close(fd)
+            self.timers.call_soon(lambda: self._failed(handle, f"{argv[0]}: {exc.strerror or exc}"))
+            return
+        finally:
+            os.close(out_w)  # the child holds its own copies
+            os.close(err_w)
+        self._started(handle, popen.pid, outputs, popen)
+        self.timers.call_soon(lambda: self._announce(handle))  # never inside spawn(): the caller is mid-step
+
+    def _started(self, handle: LocalHandle, pid: int, outputs: dict[int, tuple[str, LineReader]],
+                 popen: subprocess.Popen | None = None) -> None:
+        """The process exists: watch its exit and its output, and deliver signals asked for meanwhile."""
+        handle.pid, handle.popen, handle.outputs = pid, popen, outputs
+        handle.started_at = time.monotonic()
+        try:
+            handle.pidfd = os.pidfd_open(pid)
+        except OSError:  # gone and reaped already: impossible for our child, but never leave it unwatched
+            handle.pidfd = None
+        self.handles[pid] = handle
+        for fd in list(outputs):
+            self.fds.watch(fd, lambda fd=fd: self._on_output(handle, fd))
+        if handle.pidfd is not None:
+            self.fds.watch(handle.pidfd, lambda: self._on_exit(handle))
+        else:
+            self.timers.call_soon(lambda: self._on_exit(handle))
+        early, handle._early_signals = handle._early_signals, []
+        for sig in early:
+            handle._signal(sig)
+
+    def _announce(self, handle: LocalHandle) -> None:
+        if not handle.announced:
+            handle.announced = True
+            handle.listener(Started(handle))
+
+    def _failed(self, handle: LocalHandle, error: str) -> None:
+        handle.reaped = True
+        handle.listener(SpawnFailed(handle, error))
+
+    # ---- what children do
+    def _on_output(self, handle: LocalHandle, fd: int) -> None:
+        entry = handle.outputs.get(fd)
+        if entry is None:
+            return
+        stream, reader = entry
+        lines, eof = reader.read()
+        if lines:
+            self._announce(handle)
+        for line in lines:
+            handle.listener(Output(handle, stream, line))
+        if eof:
+            self.fds.unwatch(fd)
+            handle.outputs.pop(fd, None)
+            os.close(fd)
+
+    def _on_exit(self, handle: LocalHandle) -> None:
+        """Its pidfd is readable: it exited. Kill what is left of its group, reap it, and report the exit
+        after its last lines (a crash's traceback comes before the exit it explains)."""
+        if handle.reaped:
+            return
+        self._announce(handle)
+        if handle.pidfd is not None:
+            self.fds.unwatch(handle.pidfd)
+        # Until reaped, the zombie leader keeps the process-group id reserved, so this cannot hit an
+        # unrelated group: what the agent started dies with it.
+        handle._signal(signal.SIGKILL)
+        code = self._reap(handle)
+        handle.reaped = True
+        self.handles.pop(handle.pid, None)
+        for fd in list(handle.outputs):
+            for _ in range(64):  # what it wrote before dying, bounded: a grandchild may hold the pipe open
+                if fd not in handle.outputs or not _readable(fd):
+                    break
+                self._on_output(handle, fd)
+        handle.listener(Exited(handle, code, describe_exit(code)))
+
+    def _reap(self, handle: LocalHandle) -> int:
+        code = -signal.SIGKILL  # if it is not ours to reap after all, it is gone, which is what matters
+        try:
+            if handle.pidfd is not None:
+                result = os.waitid(os.P_PIDFD, handle.pidfd, os.WEXITED)
+                if result is not None:
+                    code = result.si_status if result.si_code == os.CLD_EXITED else -result.si_status
+            else:
+                _, status = os.waitpid(handle.pid, 0)
+                code = os.waitstatus_to_exitcode(status)
+        except ChildProcessError:
+            pass
+        finally:
+            if handle.pidfd is not None:
+                os.close(handle.pidfd)
+                handle.pidfd = None
+        if handle.popen is not None:
+            handle.popen.returncode = code  # reaped by us: Popen must not wait for it again
+        return code
+
+    def _sample(self) -> None:
+        for handle in list(self.handles.values()):
+            rss = handle.memory(fresh=True)
+            if rss is not None:
+                handle.listener(Memory(handle, rss))
+        if not self.closed:
+            self._timers[0] = self.timers.call_later(SAMPLE_INTERVAL_S, self._sample)
+
+    # ---- orphans
+    def on_sigchld(self) -> None:
+        """Reap exited children nobody owns (what agents left behind, reparented to us)."""
+        reap_strays(self.known_pids(), kill=False, reap_unknown=not self.spawning())
+
+    def _sweep(self) -> None:
+        """Once a second: a process an agent left behind outside its own process group (it escaped the
+        group kill at the agent's exit) was handed to us as a subreaper. No orphans: it goes too."""
+        if not self.spawning():
+            for pid, name in reap_strays(self.known_pids(), kill=True, reap_unknown=True):
+                logs.event(logs.DAEMON, "orphan", f"killed {name} left behind by a dead agent", "WARNING", pid=pid)
+        if not self.closed:
+            self._timers[1] = self.timers.call_later(SWEEP_INTERVAL_S, self._sweep)
+
+
+def _readable(fd: int) -> bool:
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(0))
 
 
 def strays(known: set[int]) -> list[psutil.Process]:
@@ -132,7 +428,7 @@ def strays(known: set[int]) -> list[psutil.Process]:
     return found
 
 
-def reap_strays(known: set[int], kill: bool) -> list[tuple[int, str]]:
+def reap_strays(known: set[int], kill: bool, reap_unknown: bool = True) -> list[tuple[int, str]]:
     """Reap zombie strays; with `kill`, SIGKILL the live ones first (a supervisor leaves no orphans).
     Returns (pid, name) of the ones killed."""
     killed = []
@@ -143,6 +439,8 @@ def reap_strays(known: set[int], kill: bool) -> list[tuple[int, str]]:
                     continue
                 killed.append((proc.pid, proc.name()))
                 proc.kill()
+            elif not reap_unknown:
+                continue
         except psutil.Error:
             pass
         try:
@@ -152,122 +450,85 @@ def reap_strays(known: set[int], kill: bool) -> list[tuple[int, str]]:
     return killed
 
 
-def describe_exit(code: int) -> str:
-    if code < 0:
-        try:
-            return f"killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"killed by signal {-code}"
-    return f"exit code {code}"
+# ---- the two ways of making an agent's process ---------------------------------------------------------
 
 
-class Spawner(Protocol):
-    def spawn(self, spec: AgentSpec, incarnation: int) -> AgentProcess: ...
-    def known_pids(self) -> set[int]: ...
-    def close(self) -> None: ...
+class ExecSpawner(LocalSpawner):
+    """Each agent a fresh `python -m sunsetd.agent` (about 100 ms of interpreter start-up)."""
 
 
-class ExecSpawner:
-    """Starts each agent as `python -m sunsetd.agent` in its own session, with its spec in the environment."""
+class ForkSpawner(LocalSpawner):
+    """Agents forked from a pre-imported zygote (sunsetd.forkserver, about 5 ms); exec while it is down."""
 
-    def __init__(self, runtime_dir: Path, python: str = sys.executable, env: dict | None = None):
-        self.runtime_dir = runtime_dir
-        self.python = python
-        self.env = dict(os.environ if env is None else env)
-        self.env["PYTHONUNBUFFERED"] = "1"  # agent lines reach the log when printed, not when a buffer fills
-        self.env.pop("NOTIFY_SOCKET", None)  # sd_notify belongs to the daemon, never to an agent
-        self.env.pop("WATCHDOG_PID", None)
-        self.env.pop("WATCHDOG_USEC", None)
+    MAX_ZYGOTE_FAILURES = 3
 
-    def agent_env(self, spec: AgentSpec, incarnation: int) -> dict[str, str]:
-        agent_spec = {
-            "name": spec.name, "run": spec.run, "incarnation": incarnation, "config": spec.config,
-            "runtime_dir": str(self.runtime_dir), "heartbeat_ms": spec.heartbeat_ms, "liveness": spec.liveness,
-            "concurrency": spec.concurrency, "stop_timeout_s": spec.stop_timeout_s, "daemon_pid": os.getpid(),
-        }
-        return {**self.env, SPEC_ENV: json.dumps(agent_spec)}
-
-    def spawn(self, spec: AgentSpec, incarnation: int) -> AgentProcess:
-        outputs, (out_w, err_w) = _pipes()
-        try:
-            popen = subprocess.Popen(
-                [self.python, "-m", "sunsetd.agent", f"{spec.name}#{incarnation}", "--runtime-dir",
-                 str(self.runtime_dir)],
-                stdin=subprocess.DEVNULL, stdout=out_w, stderr=err_w, env=self.agent_env(spec, incarnation),
-                close_fds=True,
-                start_new_session=True,  # own session and process group: signals reach all of it, never us
-            )
-        except OSError:
-            for fd in outputs:
-                os.close(fd)
-            raise
-        finally:
-            os.close(out_w)  # the child holds its own copies
-            os.close(err_w)
-        try:
-            pidfd = os.pidfd_open(popen.pid)
-        except OSError:
-            popen.kill()
-            popen.wait()
-            raise
-        return AgentProcess(pid=popen.pid, pidfd=pidfd, popen=popen, outputs=outputs)
-
-    def known_pids(self) -> set[int]:
-        return set()
-
-    def close(self) -> None:
-        pass
-
-
-class ForkSpawner:
-    """Forks agents from a pre-imported zygote (sunsetd.forkserver); execs when the zygote fails."""
-
-    def __init__(self, runtime_dir: Path, python: str = sys.executable, env: dict | None = None):
-        from sunsetd.forkserver import ForkServer, become_subreaper
-
-        self.exec = ExecSpawner(runtime_dir, python, env)
-        self.server: "ForkServer | None" = None
-        if become_subreaper():
-            self.server = ForkServer(runtime_dir, python, self.exec.env)
-            self.server.start()
+    def __init__(self, runtime_dir: Path, fds: FdWatcher, timers: Timers, python: str = sys.executable,
+                 env: dict | None = None):
+        super().__init__(runtime_dir, fds, timers, python, env)
         self.failures = 0
+        self.server: ForkServer | None = None
+        if self.subreaper:  # a forked agent becomes our child only through the subreaper
+            self._start_server()
 
-    def spawn(self, spec: AgentSpec, incarnation: int) -> AgentProcess:
-        from sunsetd.forkserver import ForkServerError
-
-        if self.server is None:
-            return self.exec.spawn(spec, incarnation)
-        outputs, (out_w, err_w) = _pipes()
+    def _start_server(self) -> None:
         try:
-            pid = self.server.fork(self.exec.agent_env(spec, incarnation), f"{spec.name}#{incarnation}", out_w, err_w)
-        except ForkServerError:
-            for fd in outputs:
-                os.close(fd)
-            self._replace_server()
-            return self.exec.spawn(spec, incarnation)
-        finally:
-            os.close(out_w)
-            os.close(err_w)
-        return AgentProcess(pid=pid, pidfd=os.pidfd_open(pid), popen=None, outputs=outputs)
-
-    def _replace_server(self) -> None:
-        from sunsetd.forkserver import ForkServer, ForkServerError
-
-        self.failures += 1
-        self.server.close()
-        self.server = None
-        if self.failures > 3:
-            return  # a zygote that keeps dying is not worth it: exec from then on
-        try:
-            self.server = ForkServer(self.exec.runtime_dir, self.exec.python, self.exec.env)
+            self.server = ForkServer(self.runtime_dir, self.python, self.env, _pipes, self._on_forked,
+                                     self._on_refused, self._on_server_lost)
             self.server.start()
-        except (ForkServerError, OSError, ValueError):
+        except (OSError, ValueError) as exc:
+            logs.event(logs.DAEMON, "spawner", f"fork server unavailable ({exc}); starting agents by exec", "WARNING")
             self.server = None
+            return
+        self.fds.watch(self.server.fileno(), self.server.on_readable)
+
+    def _start_agent(self, handle: LocalHandle, launch: Launch) -> None:
+        if self.server is None:
+            super()._start_agent(handle, launch)
+            return
+        self.server.submit(handle, launch)
+
+    def _on_forked(self, handle: LocalHandle, pid: int, outputs: dict[int, tuple[str, LineReader]]) -> None:
+        self._started(handle, pid, outputs)
+        self._announce(handle)
+
+    def _on_refused(self, handle: LocalHandle, launch: Launch, why: str) -> None:
+        logs.event(handle.name, "spawner", f"the zygote could not fork it ({why}); starting it by exec", "WARNING",
+                   incarnation=handle.incarnation)
+        super()._start_agent(handle, launch)
+
+    def _on_server_lost(self, why: str, unanswered: list[tuple[LocalHandle, Launch]]) -> None:
+        """The zygote died or stopped answering: what it had not forked yet is started by exec, and a new
+        zygote takes over, unless zygotes keep dying (then exec from now on)."""
+        server, self.server = self.server, None
+        if server is not None:
+            self.fds.unwatch(server.fileno())
+            server.close()
+        self.failures += 1
+        logs.event(logs.DAEMON, "spawner", f"fork server lost ({why}); {len(unanswered)} start(s) by exec",
+                   "WARNING", failures=self.failures)
+        for handle, launch in unanswered:
+            super()._start_agent(handle, launch)
+        if self.failures <= self.MAX_ZYGOTE_FAILURES and not self.closed:
+            self._start_server()
+
+    def spawning(self) -> bool:
+        return self.server is not None and self.server.outstanding > 0
 
     def known_pids(self) -> set[int]:
-        return {self.server.pid} if self.server is not None and self.server.pid else set()
+        pids = super().known_pids()
+        if self.server is not None and self.server.pid:
+            pids.add(self.server.pid)
+        return pids
+
+    def _sweep(self) -> None:
+        if self.server is not None and self.server.stuck():
+            self.server.lose("no answer to a fork request within its timeout")
+        super()._sweep()
 
     def close(self) -> None:
+        super().close()
         if self.server is not None:
+            self.fds.unwatch(self.server.fileno())
             self.server.close()
             self.server = None
+

@@ -1,78 +1,57 @@
-"""Supervisor: one AgentSlot per agent, driven by process, heartbeat and timer events (DESIGN §1, §3).
+"""Supervisor: one AgentSlot per agent, driven by process events, agent messages and timers (DESIGN §1, §3).
 
-Owns each agent's slot: lifecycle (policy.Lifecycle), current process, incarnation, heartbeat
-bookkeeping and request queue. It carries out the lifecycle's decisions through the spawner and the
-agents socket, starts agents in dependency order and stops them in reverse. It never parses a frame
-and never decides a restart by itself: the router and the policy do those.
+Owns each agent's slot: its lifecycle (policy.Lifecycle), its current process handle, heartbeat
+bookkeeping and the incarnation counter. It starts agents in dependency order and stops them in
+reverse, carries out the lifecycle's decisions through the spawner and the agent channel, and tells
+its listener what the request book must know (an agent's availability, an incarnation gone) and what
+operators watch (transitions). The verdicts it acts on are pure functions elsewhere: health (hung,
+memory, idle), budget (eviction), reload (diff, settle, rollback). It never reads a socket, never
+touches a pid, and reads time only from its injected Timers.
 """
 from __future__ import annotations
 
-import os
 import random
-import signal
-import time
-from collections import deque
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
-import psutil
-
-from sunsetd import logs
+from sunsetd import budget, health, logs
 from sunsetd.policy import Action, Kill, Lifecycle, Spawn, State, Terminate, Transition
 from sunsetd.profile import AgentSpec, Profile
 from sunsetd.protocol import Kind
-from sunsetd.spawner import AgentProcess, Spawner, describe_exit
+from sunsetd.reload import ReloadOutcome, ReloadPlan, RollBack, Settled, SettleWatch, settle_budget_s
+from sunsetd.requestbook import Availability, AgentView
+from sunsetd.spawner import Exited, Memory, Output, ProcessEvent, ProcessHandle, Spawner, SpawnFailed, Started
 from sunsetd.timers import Timer, Timers
 
-
-MB = 1 << 20
-SAMPLE_INTERVAL_S = 1.0  # RSS sampling and the idle check of lazy agents
+IDLE_CHECK_INTERVAL_S = 1.0  # lazy agents idle too long are stopped on this beat
 LAZY_START = "first request"  # the reason given when a request starts a lazy agent
-LAST_REPLIES_S = 0.1  # how long a clean exit's last replies may take to come out of libzmq
+LAST_REPLIES_CLEAN_S = 0.1  # a clean exit's last replies may still be in libzmq's buffers this long
+LAST_REPLIES_CRASH_S = 0.01  # and a crash's, whatever it managed to send just before
+RECHECK_S = 0.01  # a heartbeat verdict deferred while the loop has unread messages
 
 
-def _rss(pid: int) -> int | None:
-    try:
-        return psutil.Process(pid).memory_info().rss
-    except psutil.Error:
-        return None
+class AgentChannel(Protocol):
+    """Frames to one incarnation on the agents socket, and whether messages wait unread."""
+
+    def send(self, name: str, incarnation: int, kind: Kind, body: Any = None) -> bool: ...
+    @property
+    def unread(self) -> bool: ...
 
 
-@dataclass(eq=False, slots=True)
-class PendingRequest:
-    """A request the front socket accepted and has not yet answered (DESIGN §5)."""
+class RequestView(Protocol):
+    """What the supervisor may read of the request book (pure reads)."""
 
-    rid: int  # the daemon's id for it on the agents socket
-    envelope: list[bytes]  # routing id and delimiters to answer the client with
-    client_id: Any
-    to: str
-    op: str
-    body: Any
-    deadline: float  # monotonic
-    wall_deadline: float  # time.time(), what the agent sees
-    retry: bool
-    received_at: float
-    retried: bool = False
-    timer: Timer | None = None
+    def idle(self, name: str) -> bool: ...
+    def last_request_at(self, name: str) -> float: ...
 
 
-class FdWatcher(Protocol):
-    def watch(self, fd: int, callback: Callable[[], None]) -> None: ...
-    def unwatch(self, fd: int) -> None: ...
-
-
-class SupervisorListener(Protocol):
-    """What the router needs to hear from the supervisor."""
-
-    def on_transition(self, slot: "AgentSlot", transition: Transition) -> None: ...
-    def on_process_gone(self, slot: "AgentSlot", description: str) -> None: ...
-    def send_to_agent(self, slot: "AgentSlot", kind: Kind, body: Any = None) -> bool: ...
-    def drain_agents(self) -> None: ...
-    def await_last_replies(self, slot: "AgentSlot", timeout_s: float) -> None: ...
-    def agent_stopped(self, slot: "AgentSlot", reason: str) -> None: ...
-
-
-Watcher = Callable[["AgentSlot", Transition], bool]  # returns True when it is done
+class Listener(Protocol):
+    def agent_view(self, name: str, view: AgentView | None) -> None: ...  # None: removed from the profile
+    def agent_gone(self, name: str, incarnation: int, description: str, grace_s: float) -> None: ...
+    def agent_transition(self, name: str, incarnation: int, t: Transition) -> None: ...
+    def lazy_started(self, name: str, seconds: float) -> None: ...
+    def all_ready(self) -> None: ...
 
 
 @dataclass(eq=False)
@@ -80,21 +59,16 @@ class AgentSlot:
     lifecycle: Lifecycle
     wanted: bool = False  # the supervisor means this agent to be running
     removed: bool = False  # dropped from the profile by a reload; deleted once stopped
-    incarnation: int = 0
-    process: AgentProcess | None = None
-    routing_id: bytes | None = None
+    handle: ProcessHandle | None = None
     hello: bool = False
     last_heard: float = 0.0
     heartbeat_misses: int = 0
-    last_request_at: float = 0.0
-    rss: int | None = None  # bytes, sampled about once a second
+    rss: int | None = None  # bytes, from the spawner's samples
     lazy_start_at: float | None = None  # when a request started this lazy agent, until it is ready
     deadline_timer: Timer | None = None
     heartbeat_timer: Timer | None = None
-    inflight: dict[int, PendingRequest] = field(default_factory=dict)
-    queue: deque[PendingRequest] = field(default_factory=deque)
-    watchers: list[Watcher] = field(default_factory=list)
-    reload_watch: tuple | None = None  # (watch, deadline timer, result, settled) of a reload settling on it
+    reload_watch: SettleWatch | None = None
+    reload_timer: Timer | None = None
     dependencies: list["AgentSlot"] = field(default_factory=list)
     dependents: list["AgentSlot"] = field(default_factory=list)
 
@@ -110,121 +84,148 @@ class AgentSlot:
     def state(self) -> State:
         return self.lifecycle.state
 
-    @property
-    def idle(self) -> bool:
-        return self.state is State.READY and not self.inflight and not self.queue
-
 
 class Supervisor:
-    def __init__(self, profile: Profile, spawner: Spawner, timers: Timers, fds: FdWatcher,
-                 rng: random.Random | None = None):
+    def __init__(self, profile: Profile, spawner: Spawner, channel: AgentChannel, timers: Timers,
+                 requests: RequestView, listener: Listener, rng: random.Random | None = None):
         self.profile = profile
         self.spawner = spawner
+        self.channel = channel
         self.timers = timers
-        self.fds = fds
+        self.requests = requests
+        self.listener = listener
         self.rng = rng or random.Random()
-        self.listener: SupervisorListener | None = None
         self.slots: dict[str, AgentSlot] = {s.name: AgentSlot(Lifecycle(s, self.rng)) for s in profile.agents}
+        self.incarnations: dict[str, int] = {}  # per name, not per slot: an id is never reused
+        self.counters: Counter[str] = Counter()
+        self.started_at = timers.now()
+        self.all_ready_at: float | None = None
+        self.stopping_since: float | None = None
+        self.reloads = 0
+        self._on_settled: dict[int, Callable[[ReloadOutcome], None]] = {}  # reload number -> callback
+        self._views: dict[str, AgentView] = {}
+        self._idle_timer: Timer | None = None
         self._wire_dependencies()
-        self.shutting_down = False
-        self.sampler: Timer | None = None
-        self.incarnations: dict[str, int] = {}
-        self.started_at = time.monotonic()
-        self.all_essential_ready_at: float | None = None
-        self.on_ready: Callable[[], None] | None = None  # all essential agents ready for the first time
-        self.on_change: Callable[[], None] | None = None  # any state change (status text for systemd)
-        self.on_lazy_start: Callable[[str, float], None] | None = None  # (agent, seconds to ready): metrics
 
-    def _wire_dependencies(self) -> None:
-        """Dependencies from the specs. Slots being removed by a reload keep theirs, so they still stop
-        in reverse order, and so agents they depend on wait for them."""
-        for slot in self.slots.values():
-            slot.dependents = []
-        for slot in self.slots.values():
-            slot.dependencies = [self.slots[d] for d in slot.spec.depends_on if d in self.slots]
-            for dep in slot.dependencies:
-                dep.dependents.append(slot)
+    # ---- queries
+    @property
+    def stopping(self) -> bool:
+        return self.stopping_since is not None
 
-    # ---- identity
-    def slot_for(self, routing_id: bytes) -> AgentSlot | None:
-        """The slot whose *current* incarnation has this routing id; messages of older ones are stale."""
-        name, _, _ = routing_id.decode(errors="replace").rpartition("#")
-        slot = self.slots.get(name)
-        return slot if slot is not None and slot.routing_id == routing_id else None
+    def incarnation(self, name: str) -> int:
+        return self.incarnations.get(name, 0)
+
+    @property
+    def all_stopped(self) -> bool:
+        return all(s.state is State.STOPPED and s.handle is None for s in self.slots.values())
+
+    def shutdown_budget_s(self) -> float:
+        """Worst case of a reverse-order stop: each level may use its slowest stop timeout, plus slack."""
+        levels = [[self.slots[n].spec.stop_timeout_s for n in level if n in self.slots] for level in self.profile.levels]
+        return sum(max(level) for level in levels if level) + 5.0
+
+    def _essentials(self) -> list[health.EssentialFacts]:
+        return [health.EssentialFacts(s.name, s.state) for s in self.slots.values()
+                if s.spec.essential and not s.removed]
+
+    def daemon_state(self) -> health.DaemonState:
+        return health.daemon_state(self.stopping, self.all_ready_at is not None, self._essentials())
+
+    def healthy(self) -> tuple[bool, list[str]]:
+        essentials = self._essentials()
+        return health.healthy(self.daemon_state(), essentials), health.not_ready(essentials)
 
     # ---- starting and stopping in dependency order
     def start(self) -> None:
         for slot in self.slots.values():
+            self._publish(slot)
+        for slot in self.slots.values():
             if not slot.spec.lazy:
-                self.want(slot)
-        self._schedule_sampler()
+                self._want(slot)
+        self._idle_timer = self.timers.call_later(IDLE_CHECK_INTERVAL_S, self._idle_check)
 
-    def want(self, slot: AgentSlot) -> None:
+    def _want(self, slot: AgentSlot) -> None:
         """Mean `slot` to run, with everything it depends on; each starts once its dependencies are ready."""
-        if slot.wanted or self.shutting_down:
+        if slot.wanted or self.stopping:
             return
         slot.wanted = True
         for dep in slot.dependencies:
-            self.want(dep)
+            self._want(dep)
         self._maybe_start(slot)
+        self._publish(slot)
 
     def _maybe_start(self, slot: AgentSlot) -> None:
-        if (slot.wanted and not self.shutting_down and slot.state is State.STOPPED
+        if (slot.wanted and not self.stopping and slot.state is State.STOPPED
                 and all(dep.state is State.READY for dep in slot.dependencies)):
-            self._apply(slot, slot.lifecycle.start(time.monotonic()))
+            self._apply(slot, slot.lifecycle.start(self.timers.now()))
 
     def _maybe_stop(self, slot: AgentSlot) -> None:
         if slot.wanted or slot.state in (State.STOPPED, State.STOPPING):
             return
         if any(d.lifecycle.running for d in slot.dependents):
             return  # reverse order: dependents stop first
-        reason = "shutdown" if self.shutting_down else "removed by reload" if slot.removed else "stop"
-        self._apply(slot, slot.lifecycle.stop(time.monotonic(), reason))
+        reason = "shutdown" if self.stopping else "removed by reload" if slot.removed else "stop"
+        self._apply(slot, slot.lifecycle.stop(self.timers.now(), reason))
 
     def shutdown(self) -> None:
-        self.shutting_down = True
+        """Stop everything in reverse dependency order. From here on nothing starts, whatever happens:
+        an agent killed while it still serves its dependents is not restarted either."""
+        if self.stopping:
+            return
+        now = self.timers.now()
+        self.stopping_since = now
         for slot in self.slots.values():
             slot.wanted = False
-        for slot in self.slots.values():
+            self._apply(slot, slot.lifecycle.hold(now, "shutdown"))
+        for slot in list(self.slots.values()):
             self._maybe_stop(slot)
+        self.timers.cancel(self._idle_timer)
 
-    @property
-    def all_stopped(self) -> bool:
-        return all(s.state is State.STOPPED and s.process is None for s in self.slots.values())
-
-    def shutdown_budget_s(self) -> float:
-        """Worst case of a reverse-order stop: each level may use its slowest stop timeout, plus slack."""
-        return sum(max(self.slots[n].spec.stop_timeout_s for n in level) for level in self.profile.levels) + 5.0
+    def kill_all(self) -> None:
+        """A second shutdown signal: every process now, without waiting for reverse order."""
+        for slot in self.slots.values():
+            if slot.handle is not None:
+                slot.handle.kill()
 
     # ---- operator commands
-    def start_agent(self, slot: AgentSlot, reason: str = "operator start") -> str | None:
+    def slot(self, name: str) -> AgentSlot | None:
+        slot = self.slots.get(name)
+        return None if slot is None or slot.removed else slot
+
+    def start_agent(self, name: str, reason: str = "operator start") -> str | None:
         """Start an agent and what it depends on; for a lazy one first make room in the memory budget.
         Returns why it cannot start, or None."""
+        slot = self.slot(name)
+        if slot is None:
+            return f"no agent {name!r} in profile {self.profile.name}"
+        if self.stopping:
+            return "sunsetd is shutting down"
         if not slot.lifecycle.running:
-            refusal = self.make_room(slot)
+            refusal = self._make_room(slot)
             if refusal is not None:
                 logs.event(slot.name, "budget", refusal, "WARNING")
                 return refusal
         if reason == LAZY_START and not slot.lifecycle.running and slot.lazy_start_at is None:
-            slot.lazy_start_at = time.monotonic()  # for the lazy-start duration metric
-        self.want(slot)
+            slot.lazy_start_at = self.timers.now()  # for the lazy-start duration metric
+        self._want(slot)
         if slot.state in (State.FAILED, State.BACKOFF, State.STOPPING):
-            self._apply(slot, slot.lifecycle.start(time.monotonic(), reason))
+            self._apply(slot, slot.lifecycle.start(self.timers.now(), reason))
         return None
 
-    def stop_agent(self, slot: AgentSlot, reason: str = "operator stop") -> None:
+    def stop_agent(self, name: str, reason: str = "operator stop") -> None:
+        slot = self.slots[name]
         slot.wanted = False
-        actions = slot.lifecycle.stop(time.monotonic(), reason)
-        if not actions and slot.queue and self.listener is not None:
-            self.listener.agent_stopped(slot, reason)  # it was waiting (for dependencies): no transition
-        self._apply(slot, actions)
+        self._apply(slot, slot.lifecycle.stop(self.timers.now(), reason))
 
-    def restart_agent(self, slot: AgentSlot) -> None:
+    def restart_agent(self, name: str) -> None:
+        slot = self.slots[name]
+        if self.stopping:
+            return
         slot.wanted = True
-        self._apply(slot, slot.lifecycle.restart(time.monotonic(), "operator restart"))
+        self._apply(slot, slot.lifecycle.restart(self.timers.now(), "operator restart"))
 
-    def unhealthy(self, slot: AgentSlot, reason: str) -> None:
-        self._apply(slot, slot.lifecycle.unhealthy(time.monotonic(), reason))
+    def _unhealthy(self, slot: AgentSlot, reason: str) -> None:
+        self._apply(slot, slot.lifecycle.unhealthy(self.timers.now(), reason))
 
     # ---- carrying out decisions
     def _apply(self, slot: AgentSlot, actions: list[Action]) -> None:
@@ -235,54 +236,51 @@ class Supervisor:
                 self._spawn(slot)
             elif isinstance(action, Terminate):
                 self._terminate(slot)
-            elif isinstance(action, Kill):
-                if slot.process is not None:
-                    logs.event(slot.name, "kill", f"SIGKILL after stop_timeout_s={slot.spec.stop_timeout_s:g}",
-                               "WARNING", incarnation=slot.incarnation, pid=slot.process.pid)
-                    slot.process.signal_group(signal.SIGKILL)
+            elif isinstance(action, Kill) and slot.handle is not None:
+                logs.event(slot.name, "kill", f"SIGKILL after stop_timeout_s={slot.spec.stop_timeout_s:g}",
+                           "WARNING", incarnation=slot.handle.incarnation, pid=slot.handle.pid)
+                slot.handle.kill()
         self._rearm_deadline(slot)
+        self._publish(slot)
 
     def _on_transition(self, slot: AgentSlot, t: Transition) -> None:
         level = "WARNING" if t.new in (State.BACKOFF, State.FAILED) else "INFO"
+        handle = slot.handle
+        incarnation = self.incarnation(slot.name)
         logs.event(slot.name, "state", f"{t.old.value} -> {t.new.value}", level, reason=t.reason,
-                   incarnation=slot.incarnation or None, pid=slot.process.pid if slot.process else None)
-        if t.new is State.STOPPED and t.old is not State.STOPPING:
-            slot.wanted = False  # it exited and its restart mode says stay stopped (the router must know)
-        if self.listener is not None:
-            self.listener.on_transition(slot, t)
+                   incarnation=incarnation or None, pid=handle.pid if handle else None)
+        now = self.timers.now()
         if t.new is State.READY:
-            slot.last_request_at = max(slot.last_request_at, time.monotonic())  # idle time counts from ready
             if slot.lazy_start_at is not None:
-                if self.on_lazy_start is not None:
-                    self.on_lazy_start(slot.name, time.monotonic() - slot.lazy_start_at)
+                self.listener.lazy_started(slot.name, now - slot.lazy_start_at)
                 slot.lazy_start_at = None
+        elif t.new in (State.STOPPED, State.FAILED):
+            slot.lazy_start_at = None
+        self._publish(slot)  # before anyone reacts: the book must see the new state first
+        self.listener.agent_transition(slot.name, incarnation, t)
+        self._watch_reload(slot, incarnation, t)
+        if t.new is State.READY:
             for dependent in slot.dependents:
                 self._maybe_start(dependent)
             self._check_all_ready()
-        elif t.new in (State.STOPPED, State.FAILED):
-            slot.lazy_start_at = None
         if t.new is State.STOPPED:
             if slot.removed and self.slots.get(slot.name) is slot:
                 del self.slots[slot.name]
+                self._views.pop(slot.name, None)
+                self.listener.agent_view(slot.name, None)
                 self._wire_dependencies()
             for dep in slot.dependencies:
                 self._maybe_stop(dep)
             self._maybe_start(slot)  # wanted again while it was stopping (a request for a lazy agent)
-        # Watchers only answer requests or schedule work; they never cause a transition themselves.
-        watchers, slot.watchers = slot.watchers, []
-        slot.watchers = [w for w in watchers if not w(slot, t)] + slot.watchers
-        if self.on_change is not None:
-            self.on_change()
 
     def _check_all_ready(self) -> None:
-        if self.all_essential_ready_at is None and all(
+        if self.all_ready_at is None and all(
                 s.state is State.READY for s in self.slots.values() if s.spec.essential):
-            self.all_essential_ready_at = time.monotonic()
+            self.all_ready_at = self.timers.now()
             n = sum(s.spec.essential for s in self.slots.values())
             logs.event(logs.DAEMON, "ready", f"all {n} essential agents ready",
-                       startup_ms=round((self.all_essential_ready_at - self.started_at) * 1000))
-            if self.on_ready is not None:
-                self.on_ready()
+                       startup_ms=round((self.all_ready_at - self.started_at) * 1000))
+            self.listener.all_ready()
 
     def _rearm_deadline(self, slot: AgentSlot) -> None:
         deadline = slot.lifecycle.next_deadline()
@@ -291,338 +289,298 @@ class Supervisor:
             return
         self.timers.cancel(timer)
         slot.deadline_timer = None if deadline is None else self.timers.call_at(
-            deadline, lambda: self._apply(slot, slot.lifecycle.tick(time.monotonic())))
+            deadline, lambda: self._apply(slot, slot.lifecycle.tick(self.timers.now())))
 
     def _spawn(self, slot: AgentSlot) -> None:
-        # per name, not per slot: a name removed and added again must never reuse a routing id
-        slot.incarnation = self.incarnations[slot.name] = max(self.incarnations.get(slot.name, 0), slot.incarnation) + 1
-        try:
-            proc = self.spawner.spawn(slot.spec, slot.incarnation)
-        except OSError as exc:
-            logs.event(slot.name, "spawn", f"failed: {exc}", "ERROR", incarnation=slot.incarnation)
-            self._apply(slot, slot.lifecycle.spawn_failed(time.monotonic(), str(exc)))
-            return
-        slot.process = proc
-        slot.routing_id = f"{slot.name}#{slot.incarnation}".encode()
+        incarnation = self.incarnations[slot.name] = self.incarnation(slot.name) + 1
         slot.hello = False
-        slot.last_heard = time.monotonic()
-        self.fds.watch(proc.pidfd, lambda: self._on_exit(slot, proc))
-        for fd in list(proc.outputs):
-            self.fds.watch(fd, lambda fd=fd: self._on_output(slot, proc, fd))
-        logs.event(slot.name, "spawn", incarnation=slot.incarnation, pid=proc.pid)
+        slot.last_heard = self.timers.now()
+        slot.rss = None
+        slot.handle = self.spawner.spawn(slot.spec, incarnation, self._on_process_event)
 
     def _terminate(self, slot: AgentSlot) -> None:
-        proc = slot.process
-        if proc is None:
+        handle = slot.handle
+        if handle is None:
             return
-        grace_ms = int(slot.spec.stop_timeout_s * 800)  # leave the agent a margin before our SIGKILL
-        if slot.hello and self.listener is not None:
-            self.listener.send_to_agent(slot, Kind.STOP, {"grace_ms": grace_ms})
-        proc.signal_group(signal.SIGTERM)
-        proc.signal_group(signal.SIGCONT)  # a frozen agent must run to obey the SIGTERM
+        if slot.hello:
+            grace_ms = int(slot.spec.stop_timeout_s * 800)  # leave the agent a margin before our SIGKILL
+            self.channel.send(slot.name, handle.incarnation, Kind.STOP, {"grace_ms": grace_ms})
+        handle.terminate()
+
+    def _publish(self, slot: AgentSlot) -> None:
+        """Tell the request book what it must know of this agent, when that changed."""
+        if slot.removed:
+            return
+        view = self._view(slot)
+        if self._views.get(slot.name) != view:
+            self._views[slot.name] = view
+            self.listener.agent_view(slot.name, view)
+
+    def _view(self, slot: AgentSlot) -> AgentView:
+        spec, lc = slot.spec, slot.lifecycle
+        limits = {"max_inflight": spec.max_inflight, "max_queue": spec.max_queue}
+        if lc.state is State.READY and slot.handle is not None:
+            return AgentView(Availability.READY, slot.handle.incarnation, **limits)
+        if lc.state is State.FAILED:
+            return AgentView(Availability.DOWN, message=f"{slot.name} is failed (circuit open: {lc.reason})",
+                             trial_at=lc.cooldown_until, **limits)
+        if lc.state in (State.STARTING, State.BACKOFF) or slot.wanted:
+            return AgentView(Availability.COMING, **limits)
+        message = f"{slot.name} is {lc.state.value} ({lc.reason})"
+        if spec.lazy:
+            return AgentView(Availability.ON_DEMAND, message=message, **limits)
+        return AgentView(Availability.DOWN, message=message, **limits)
 
     # ---- process events
-    def _on_exit(self, slot: AgentSlot, proc: AgentProcess) -> None:
-        self.fds.unwatch(proc.pidfd)
-        code = proc.reap()
-        if self.listener is not None and slot.process is proc:
-            # replies it sent before dying are answers, not losses; after a clean exit they surely exist
-            self.listener.await_last_replies(slot, LAST_REPLIES_S if code == 0 else 0.0)
-        description = describe_exit(code)
-        if slot.process is not proc:
-            return
-        slot.process = None
-        slot.routing_id = None
+    def _on_process_event(self, event: ProcessEvent) -> None:
+        handle = event.handle
+        slot = self.slots.get(handle.name)
+        current = slot is not None and slot.handle is handle
+        if isinstance(event, Output):
+            logs.agent_output(handle.name, event.stream, event.line, handle.incarnation, handle.pid)
+        elif not current:
+            return  # an older incarnation's late news
+        elif isinstance(event, Started):
+            logs.event(slot.name, "spawn", incarnation=handle.incarnation, pid=handle.pid)
+        elif isinstance(event, Memory):
+            slot.rss = event.rss
+            over = health.memory_verdict(event.rss, slot.spec.max_rss_mb)
+            if over is not None and slot.state is State.READY:
+                self._unhealthy(slot, over)
+        elif isinstance(event, SpawnFailed):
+            logs.event(slot.name, "spawn", f"failed: {event.error}", "ERROR", incarnation=handle.incarnation)
+            slot.handle = None
+            self._apply(slot, slot.lifecycle.spawn_failed(self.timers.now(), event.error))
+        elif isinstance(event, Exited):
+            self._on_exited(slot, handle, event)
+
+    def _on_exited(self, slot: AgentSlot, handle: ProcessHandle, event: Exited) -> None:
+        now = self.timers.now()
+        slot.handle = None
         slot.hello = False
+        slot.rss = None
         self.timers.cancel(slot.heartbeat_timer)
         slot.heartbeat_timer = None
-        uptime = time.monotonic() - proc.started_at
-        level = "INFO" if slot.state is State.STOPPING else "WARNING"
-        logs.event(slot.name, "exit", description, level, uptime_s=f"{uptime:.3f}",
-                   incarnation=slot.incarnation, pid=proc.pid)
-        actions = slot.lifecycle.exited(time.monotonic(), description, clean_exit=code == 0)
-        if self.listener is not None:
-            self.listener.on_process_gone(slot, description)
+        asked = slot.state is State.STOPPING
+        uptime = now - handle.started_at if handle.started_at is not None else 0.0
+        logs.event(slot.name, "exit", event.description, "INFO" if asked else "WARNING", uptime_s=f"{uptime:.3f}",
+                   incarnation=handle.incarnation, pid=handle.pid)
+        actions = slot.lifecycle.exited(now, event.description, clean_exit=event.code == 0)
+        if not asked and slot.state is State.STOPPED:
+            slot.wanted = False  # it exited and its restart mode says stay stopped
         self._apply(slot, actions)
+        # after the transition: the book knows whether the agent comes back before it settles what
+        # the dead incarnation held
+        grace = LAST_REPLIES_CLEAN_S if event.code == 0 else LAST_REPLIES_CRASH_S
+        self.listener.agent_gone(slot.name, handle.incarnation, event.description, grace)
 
-    def _on_output(self, slot: AgentSlot, proc: AgentProcess, fd: int) -> None:
-        stream, reader = proc.outputs[fd]
-        lines, eof = reader.read()
-        for line in lines:
-            logs.agent_output(slot.name, stream, line, slot.incarnation, proc.pid)
-        if eof:
-            self.fds.unwatch(fd)
-            proc.close_output(fd)
-
-    # ---- agent control messages (the router hands them over)
-    def on_agent_message(self, slot: AgentSlot, kind: Kind, body: Any) -> None:
-        now = time.monotonic()
+    # ---- agent messages (the router decodes them; stale ones are counted, not acted on)
+    def on_agent_message(self, name: str, incarnation: int, kind: Kind, body: Any) -> None:
+        slot = self.slots.get(name)
+        if slot is None or slot.handle is None or slot.handle.incarnation != incarnation:
+            self.counters["stale_agent_messages"] += 1  # an older incarnation, or not one of ours
+            return
+        now = self.timers.now()
         slot.last_heard = now
-        if kind is Kind.HELLO:
-            if not slot.hello:
-                slot.hello = True
-                self._schedule_heartbeat(slot, now)
-        elif kind is Kind.READY:
+        if kind is Kind.HELLO or kind is Kind.READY:
             if not slot.hello:  # READY implies the agent is up even if its HELLO went missing
                 slot.hello = True
                 self._schedule_heartbeat(slot, now)
-            self._apply(slot, slot.lifecycle.ready(now))
+            if kind is Kind.READY:
+                self._apply(slot, slot.lifecycle.ready(now))
 
-    def _schedule_heartbeat(self, slot: AgentSlot, now: float) -> None:
+    def _schedule_heartbeat(self, slot: AgentSlot, now: float, delay: float | None = None) -> None:
         self.timers.cancel(slot.heartbeat_timer)
-        slot.heartbeat_timer = self.timers.call_at(now + slot.spec.heartbeat_ms / 1000.0,
-                                                   lambda: self._heartbeat(slot))
+        delay = slot.spec.heartbeat_ms / 1000.0 if delay is None else delay
+        slot.heartbeat_timer = self.timers.call_at(now + delay, lambda: self._heartbeat(slot))
 
     def _heartbeat(self, slot: AgentSlot) -> None:
         """Send our heartbeat, and judge the agent's: silent for `liveness` intervals means hung."""
         slot.heartbeat_timer = None
-        if slot.process is None or slot.state not in (State.STARTING, State.READY):
+        handle = slot.handle
+        if handle is None or slot.state not in (State.STARTING, State.READY):
             return
-        limit = slot.spec.liveness * slot.spec.heartbeat_ms / 1000.0
-        if time.monotonic() - slot.last_heard > limit and self.listener is not None:
-            self.listener.drain_agents()  # a busy loop may not have read its heartbeats yet
-        silent = time.monotonic() - slot.last_heard
-        if silent > limit:
+        now = self.timers.now()
+        verdict = health.heartbeat_verdict(now, slot.last_heard, slot.spec.heartbeat_ms, slot.spec.liveness,
+                                           self.channel.unread)
+        if verdict is health.Heartbeat.HUNG:
             slot.heartbeat_misses += 1
-            self.unhealthy(slot, f"hung: no heartbeat for {silent * 1000:.0f}ms")
+            self._unhealthy(slot, f"hung: no heartbeat for {(now - slot.last_heard) * 1000:.0f}ms")
             return
-        if self.listener is not None:
-            self.listener.send_to_agent(slot, Kind.HEARTBEAT)
-        self._schedule_heartbeat(slot, time.monotonic())
+        if verdict is health.Heartbeat.RECHECK:
+            self._schedule_heartbeat(slot, now, RECHECK_S)
+            return
+        self.channel.send(slot.name, handle.incarnation, Kind.HEARTBEAT)
+        self._schedule_heartbeat(slot, now)
 
-    # ---- memory: sampling, the budget, idle lazy agents
-    def _schedule_sampler(self) -> None:
-        self.sampler = self.timers.call_later(SAMPLE_INTERVAL_S, self._sample)
-
-    def _sample(self) -> None:
-        """About once a second: each agent's RSS (and its max_rss_mb), and lazy agents idle too long."""
-        now = time.monotonic()
+    # ---- lazy agents: idle stop and the memory budget
+    def _idle_check(self) -> None:
+        now = self.timers.now()
         for slot in list(self.slots.values()):
-            if slot.process is not None:
-                slot.rss = _rss(slot.process.pid)
-                limit = slot.spec.max_rss_mb
-                if limit and slot.rss and slot.rss > limit * MB and slot.state is State.READY:
-                    self.unhealthy(slot, f"memory: rss {slot.rss / MB:.0f}MB over max_rss_mb={limit}")
-            if (slot.spec.lazy and slot.wanted and slot.idle and not self.shutting_down
-                    and now - slot.last_request_at >= slot.spec.idle_timeout_s
-                    and not any(d.lifecycle.running for d in slot.dependents)):
-                self.stop_agent(slot, f"idle for {now - slot.last_request_at:.0f}s")
-        self._schedule_sampler()
+            verdict = health.idle_verdict(now, health.IdleFacts(
+                lazy=slot.spec.lazy, wanted=slot.wanted,
+                ready_since=slot.lifecycle.ready_since if slot.state is State.READY else None,
+                busy=not self.requests.idle(slot.name), last_request_at=self.requests.last_request_at(slot.name),
+                idle_timeout_s=slot.spec.idle_timeout_s,
+                dependents_running=any(d.lifecycle.running for d in slot.dependents)))
+            if verdict is not None and not self.stopping:
+                self.stop_agent(slot.name, verdict)
+        self._idle_timer = self.timers.call_later(IDLE_CHECK_INTERVAL_S, self._idle_check)
 
     def footprint_mb(self, slot: AgentSlot) -> float:
         """Memory an agent counts against the budget: observed RSS, or its declared size while starting."""
-        if slot.process is None:
+        if not slot.lifecycle.running:
             return 0.0
         if slot.state is State.STARTING or slot.rss is None:
             return float(slot.spec.memory_mb)
-        return slot.rss / MB
+        return slot.rss / health.MB
 
-    def make_room(self, slot: AgentSlot) -> str | None:
-        """Before a lazy start: stop least-recently-used idle lazy agents until it fits the budget.
-        Returns why it does not fit, or None."""
-        budget = self.profile.memory_mb
-        if budget is None:
-            return None
-        starting: list[AgentSlot] = []
-        stack = [slot]
-        while stack:  # the agent and everything it needs that is not running yet
-            s = stack.pop()
-            if s not in starting and not s.lifecycle.running:
-                starting.append(s)
-                stack.extend(s.dependencies)
-        need = sum(s.spec.memory_mb for s in starting)
-        used = sum(self.footprint_mb(s) for s in self.slots.values())
-        if used + need <= budget:
-            return None
-        needed_by = set()
-        stack = list(starting)
-        while stack:
-            s = stack.pop()
-            if s not in needed_by:
-                needed_by.add(s)
-                stack.extend(s.dependencies)
-        evictable = sorted((s for s in self.slots.values()
-                            if s.spec.lazy and s.idle and s not in needed_by
-                            and not any(d.lifecycle.running for d in s.dependents)),
-                           key=lambda s: s.last_request_at)
-        chosen = []
-        for victim in evictable:
-            if used + need <= budget:
-                break
-            chosen.append(victim)
-            used -= self.footprint_mb(victim)
-        if used + need > budget:
-            return (f"memory budget of {budget} MB: starting {slot.name} needs {need} MB, running agents use "
-                    f"{used + sum(self.footprint_mb(v) for v in chosen):.0f} MB and no idle lazy agent can be stopped "
-                    f"to make room")
-        for victim in chosen:
-            self.stop_agent(victim, f"evicted for {slot.name}: memory budget {budget} MB")
+    def _make_room(self, slot: AgentSlot) -> str | None:
+        agents = {s.name: budget.BudgetAgent(
+            name=s.name, footprint_mb=self.footprint_mb(s), memory_mb=s.spec.memory_mb,
+            running=s.lifecycle.running,
+            evictable=(s.spec.lazy and s.state is State.READY and self.requests.idle(s.name)
+                       and not any(d.lifecycle.running for d in s.dependents)),
+            last_used=self.requests.last_request_at(s.name), depends_on=tuple(d.name for d in s.dependencies))
+            for s in self.slots.values()}
+        room = budget.make_room(self.profile.memory_mb, slot.name, agents)
+        if isinstance(room, budget.NoRoom):
+            return room.reason
+        for victim in room.victims:
+            self.stop_agent(victim, f"evicted for {slot.name}: memory budget {self.profile.memory_mb} MB")
         return None
 
     # ---- reload
-    def reload(self, new: Profile, on_done: Callable[[dict], None]) -> None:
+    def reload(self, plan: ReloadPlan, on_settled: Callable[[ReloadOutcome], None]) -> ReloadOutcome:
         """Apply a new profile: start added agents, stop removed ones, restart changed ones; a changed
-        agent that does not become ready within its start timeout goes back to its previous spec."""
-        current = {name: slot for name, slot in self.slots.items() if not slot.removed}
-        new_specs = new.by_name
-        added = [n for n in new_specs if n not in current]
-        removed = [n for n in current if n not in new_specs]
-        changed = [n for n in new_specs if n in current and new_specs[n] != current[n].spec]
-        previous = {n: current[n].spec for n in changed}
-        self.profile = new
-        for name in removed + changed:
-            self._supersede_reload(self.slots[name])  # a reload still settling on this agent gives way
-        for name in added:
+        agent whose new definition does not become ready within its budget goes back to the old one."""
+        now = self.timers.now()
+        self.reloads += 1
+        outcome = ReloadOutcome(self.reloads, plan, now)
+        self._on_settled[outcome.number] = on_settled
+        new_specs = plan.profile.by_name
+        self.profile = plan.profile
+        for name in plan.removed + plan.changed:
+            self._supersede(self.slots[name])
+        for name in plan.added:
             slot = self.slots.get(name)
             if slot is None:
                 self.slots[name] = AgentSlot(Lifecycle(new_specs[name], self.rng))
             else:  # removed by an earlier reload and still stopping: the same slot carries on
                 slot.removed = False
-                slot.lifecycle.spec = new_specs[name]
-        for name in changed:
-            self.slots[name].lifecycle.spec = new_specs[name]
-        for name in removed:
-            self.slots[name].removed = True
-            self.slots[name].wanted = False
-        self._wire_dependencies()
-        for name in removed:
+                slot.lifecycle.redefine(new_specs[name])
+        for name in plan.changed:
+            self.slots[name].lifecycle.redefine(new_specs[name])
+        for name in plan.removed:
             slot = self.slots[name]
-            if slot.state is State.STOPPED and slot.process is None:
+            slot.removed, slot.wanted = True, False
+            self._views.pop(name, None)
+            self.listener.agent_view(name, None)
+        self._wire_dependencies()
+        for name in plan.removed:
+            slot = self.slots[name]
+            if slot.state is State.STOPPED and slot.handle is None:
                 del self.slots[name]  # nothing to stop: gone at once
             else:
                 self._maybe_stop(slot)
         self._wire_dependencies()
-        result = {"profile": new.name, "added": added, "removed": removed, "changed": changed,
-                  "unchanged": len(new_specs) - len(added) - len(changed), "rolled_back": []}
-        logs.event(logs.DAEMON, "reload", f"profile {new.name}", added=",".join(added) or None,
-                   removed=",".join(removed) or None, changed=",".join(changed) or None)
-        pending = set()
-
-        def settled(name: str) -> None:
-            pending.discard(name)
-            if not pending:
-                on_done(result)
-
-        for name in added:
+        logs.event(logs.DAEMON, "reload", f"profile {plan.profile.name}", added=",".join(plan.added) or None,
+                   removed=",".join(plan.removed) or None, changed=",".join(plan.changed) or None)
+        for name in plan.added:
+            self._publish(self.slots[name])
             if not new_specs[name].lazy:
-                self.want(self.slots[name])
-        for name in changed:
+                self._want(self.slots[name])
+        for name in plan.changed:
             slot = self.slots[name]
-            if not (slot.wanted or slot.lifecycle.running):
-                continue  # a stopped lazy agent simply starts with its new spec next time
-            pending.add(name)
-            self._restart_with_rollback(slot, previous[name], result, settled)
-        if not pending:
-            on_done(result)
+            self._publish(slot)
+            if not (slot.wanted or slot.lifecycle.running or slot.state is State.FAILED):
+                outcome.outcomes[name] = "not running: starts with its new definition when wanted"
+                continue
+            budget_s = settle_budget_s(plan.previous[name], slot.spec, slot.lifecycle.running)
+            watch = outcome.watch(name, self.incarnation(name), budget_s, plan.previous[name])
+            slot.reload_watch = watch
+            slot.reload_timer = self.timers.call_at(watch.deadline, lambda s=slot, w=watch: self._reload_deadline(s, w))
+            self._restart_for_reload(slot)
+        self._maybe_settled(outcome)
+        return outcome
+
+    def _maybe_settled(self, outcome: ReloadOutcome) -> None:
+        if outcome.settled:
+            callback = self._on_settled.pop(outcome.number, None)
+            if callback is not None:
+                callback(outcome)
 
     def _restart_for_reload(self, slot: AgentSlot) -> None:
         """Stop it; it starts again with its current spec once its dependencies, new ones included, are
         ready (an operator restart would respawn at once, before a new dependency is up)."""
         slot.wanted = True
         for dep in slot.dependencies:
-            self.want(dep)
+            self._want(dep)
         if slot.state is not State.STOPPED:
-            self._apply(slot, slot.lifecycle.stop(time.monotonic(), "profile reload"))
+            self._apply(slot, slot.lifecycle.stop(self.timers.now(), "profile reload"))
         self._maybe_start(slot)
 
-    def _supersede_reload(self, slot: AgentSlot) -> None:
-        """A newer reload takes over this agent: the earlier one's watch ends, reported as superseded."""
-        if slot.reload_watch is None:
+    def _watch_reload(self, slot: AgentSlot, incarnation: int, t: Transition) -> None:
+        watch = slot.reload_watch
+        if watch is not None:
+            self._settle(slot, watch, watch.on_transition(incarnation, t))
+
+    def _reload_deadline(self, slot: AgentSlot, watch: SettleWatch) -> None:
+        if slot.reload_watch is watch:
+            self._settle(slot, watch, watch.on_deadline(self.timers.now()))
+
+    def _settle(self, slot: AgentSlot, watch: SettleWatch, verdict: Settled | RollBack | None) -> None:
+        if verdict is None:
             return
-        watch, deadline, result, settled = slot.reload_watch
         slot.reload_watch = None
-        self.timers.cancel(deadline)
-        if watch in slot.watchers:
-            slot.watchers.remove(watch)
-        result.setdefault("superseded", []).append(slot.name)
-        settled(slot.name)
-
-    def _restart_with_rollback(self, slot: AgentSlot, previous: AgentSpec, result: dict,
-                               settled: Callable[[str], None]) -> None:
-        marker = slot.incarnation
-        budget = previous.stop_timeout_s + slot.spec.start_timeout_s + 1.0
-
-        def roll_back(why: str) -> None:
-            slot.reload_watch = None
-            logs.event(slot.name, "rollback", why, "WARNING")
-            result["rolled_back"].append(slot.name)
-            slot.lifecycle.spec = previous
+        self.timers.cancel(slot.reload_timer)
+        slot.reload_timer = None
+        if isinstance(verdict, RollBack):
+            logs.event(slot.name, "rollback", verdict.reason, "WARNING")
+            watch.outcome.done(slot.name, f"{verdict.verdict.value}: {verdict.reason}")
+            slot.lifecycle.redefine(watch.previous)
             self._wire_dependencies()
+            self._publish(slot)
             # outside the transition in progress; and not if a later reload removed it meanwhile
-            self.timers.call_later(0.0, lambda: None if slot.removed else self._restart_for_reload(slot))
-            settled(slot.name)
+            self.timers.call_soon(lambda: None if slot.removed or self.stopping else self._restart_for_reload(slot))
+        else:
+            watch.outcome.done(slot.name, verdict.verdict.value)
+        self._maybe_settled(watch.outcome)
 
-        def watch(s: AgentSlot, t: Transition) -> bool:
-            if s.incarnation <= marker:
-                return False  # still the old incarnation stopping
-            if t.new is State.READY:
-                slot.reload_watch = None
-                self.timers.cancel(deadline)
-                settled(s.name)
-                return True
-            if t.old is State.STARTING:  # the new spec's process died or hung while starting
-                self.timers.cancel(deadline)
-                roll_back(f"new spec did not become ready: {t.reason}")
-                return True
-            return False
-
-        def too_late() -> None:
-            if watch in slot.watchers:
-                slot.watchers.remove(watch)
-                roll_back(f"new spec not ready within {budget:g}s")
-
-        deadline = self.timers.call_later(budget, too_late)
-        slot.reload_watch = (watch, deadline, result, settled)
-        slot.watchers.append(watch)
-        self._restart_for_reload(slot)
+    def _supersede(self, slot: AgentSlot) -> None:
+        """A newer reload takes over this agent: the earlier one's watch ends, reported as superseded."""
+        watch = slot.reload_watch
+        if watch is None:
+            return
+        slot.reload_watch = None
+        self.timers.cancel(slot.reload_timer)
+        slot.reload_timer = None
+        watch.outcome.done(slot.name, "superseded")
+        self._maybe_settled(watch.outcome)
 
     # ---- status
-    def daemon_state(self) -> str:
-        if self.shutting_down:
-            return "stopping"
-        if any(s.spec.essential and s.state is State.FAILED for s in self.slots.values()):
-            return "degraded"
-        return "starting" if self.all_essential_ready_at is None else "running"
-
-    def agent_status(self, slot: AgentSlot, now: float, fresh_rss: bool = True) -> dict:
-        proc = slot.process
-        if fresh_rss:
-            slot.rss = _rss(proc.pid) if proc is not None else None
-        rss = slot.rss if proc is not None else None
+    def agent_status(self, name: str, now: float, fresh_rss: bool = True) -> dict:
+        slot = self.slots[name]
+        handle = slot.handle
+        rss = handle.memory(fresh=fresh_rss) if handle is not None else None
         return {
             "name": slot.name,
             "state": slot.state.value,
-            "pid": proc.pid if proc else None,
-            "incarnation": slot.incarnation,
+            "pid": handle.pid if handle else None,
+            "incarnation": self.incarnation(name),
             "restarts": slot.lifecycle.restarts,
             "essential": slot.spec.essential,
             "lazy": slot.spec.lazy,
-            "uptime_s": round(now - proc.started_at, 3) if proc else None,
+            "wanted": slot.wanted,
+            "uptime_s": round(now - handle.started_at, 3) if handle and handle.started_at is not None else None,
             "rss_bytes": rss,
-            "heartbeat_age_ms": round((now - slot.last_heard) * 1000) if proc and slot.hello else None,
+            "heartbeat_age_ms": round((now - slot.last_heard) * 1000) if handle and slot.hello else None,
             "heartbeat_misses": slot.heartbeat_misses,
             "circuit": slot.lifecycle.circuit.value,
             "reason": slot.lifecycle.reason,
-            "inflight": len(slot.inflight),
-            "queued": len(slot.queue),
             "memory_mb": slot.spec.memory_mb,
             "max_queue": slot.spec.max_queue,
             "depends_on": list(slot.spec.depends_on),
-            "idle_s": round(now - slot.last_request_at, 3) if slot.spec.lazy and slot.idle else None,
-        }
-
-    def status(self, fresh_rss: bool = True) -> dict:
-        now = time.monotonic()
-        slots = self.slots.values()
-        return {
-            "profile": self.profile.name,
-            "pid": os.getpid(),
-            "state": self.daemon_state(),
-            "uptime_s": round(now - self.started_at, 3),
-            "counts": self.counts(),
-            "memory": {"budget_mb": self.profile.memory_mb,
-                       "used_mb": round(sum(self.footprint_mb(s) for s in slots), 1)},
-            "agents": [self.agent_status(s, now, fresh_rss) for s in slots],
         }
 
     def counts(self) -> dict[str, int]:
@@ -634,3 +592,17 @@ class Supervisor:
             "essential_ready": sum(s.spec.essential and s.state is State.READY for s in slots),
             "failed": sum(s.state is State.FAILED for s in slots),
         }
+
+    def memory_used_mb(self) -> float:
+        return round(sum(self.footprint_mb(s) for s in self.slots.values()), 1)
+
+    # ---- internals
+    def _wire_dependencies(self) -> None:
+        """Dependencies from the specs. Slots being removed by a reload keep theirs, so they still stop
+        in reverse order, and so agents they depend on wait for them."""
+        for slot in self.slots.values():
+            slot.dependents = []
+        for slot in self.slots.values():
+            slot.dependencies = [self.slots[d] for d in slot.spec.depends_on if d in self.slots]
+            for dep in slot.dependencies:
+                dep.dependents.append(slot)

@@ -1,14 +1,16 @@
 """Deadlines for the daemon's event loop: a heap of callbacks, cancellable, one clock.
 
 The loop asks `timeout()` how long it may sleep in poll() and calls `run_due()` after it wakes; there
-is no periodic tick. Cancelled entries are dropped lazily, and the heap is compacted when they pile up
-(request deadlines are mostly cancelled, because most requests are answered in time).
+is no periodic tick. Cancelled entries are dropped lazily, and the heap is compacted when they pile up.
+`call_soon` runs a callback after the current one returns, before any timer: how an event produced
+inside a call (a process handle's `started`) reaches its listener without re-entering the caller.
 """
 from __future__ import annotations
 
 import heapq
 import itertools
 import time
+from collections import deque
 from typing import Callable
 
 
@@ -30,6 +32,13 @@ class Timers:
         self._heap: list[tuple[float, int, Timer]] = []
         self._seq = itertools.count()
         self._cancelled_hint = 0
+        self._soon: deque[Callable[[], None]] = deque()
+
+    def now(self) -> float:
+        return self.clock()
+
+    def call_soon(self, callback: Callable[[], None]) -> None:
+        self._soon.append(callback)
 
     def call_at(self, when: float, callback: Callable[[], None]) -> Timer:
         timer = Timer(when, callback)
@@ -50,6 +59,8 @@ class Timers:
 
     def timeout(self, cap: float) -> float:
         """Seconds until the next live deadline, at most `cap`, at least 0."""
+        if self._soon:
+            return 0.0
         heap = self._heap
         while heap and heap[0][2].cancelled:
             heapq.heappop(heap)
@@ -59,6 +70,9 @@ class Timers:
         return min(cap, max(0.0, heap[0][0] - self.clock()))
 
     def run_due(self) -> None:
+        soon = self._soon
+        while soon:
+            soon.popleft()()
         now = self.clock()
         heap = self._heap
         while heap and heap[0][0] <= now:
@@ -68,3 +82,5 @@ class Timers:
                 continue
             timer.cancelled = True  # fired: a later cancel() is a no-op
             timer.callback()
+            while soon:
+                soon.popleft()()

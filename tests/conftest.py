@@ -62,7 +62,7 @@ class DaemonProcess:
     def start(self) -> "DaemonProcess":
         self.log_file = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "sunsetd.daemon", "--profile", self.profile, "--runtime-dir",
+            [sys.executable, "-m", "sunsetd", "--profile", self.profile, "--runtime-dir",
              str(self.runtime_dir), "--metrics-addr", "127.0.0.1:0", *self.args],
             stdout=self.log_file, stderr=subprocess.STDOUT, env=self.env, cwd=REPO)
         return self

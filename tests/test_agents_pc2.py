@@ -143,7 +143,7 @@ def first_request(pc2, agent: str, op: str, body=None, timeout: float = 20.0):
 
 # ---- the profile ---------------------------------------------------------------------------------------
 def test_profile_checks():
-    out = subprocess.run([sys.executable, "-m", "sunsetd.daemon", "--profile", str(PROFILE), "--check"], cwd=REPO,
+    out = subprocess.run([sys.executable, "-m", "sunsetd", "--profile", str(PROFILE), "--check"], cwd=REPO,
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "agents: 77 total, 24 essential, 24 eager, 53 lazy" in out.stdout

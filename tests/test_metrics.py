@@ -88,6 +88,6 @@ def test_health_is_503_when_an_essential_agent_is_failed(start_daemon):
 def test_metrics_off_and_bad_address(start_daemon):
     d = start_daemon(TEST_PROFILES / "mini.yaml", "--metrics-addr", "off")
     assert "metrics" not in d.status()
-    result = subprocess.run([sys.executable, "-m", "sunsetd.daemon", "--metrics-addr", "nowhere"],
+    result = subprocess.run([sys.executable, "-m", "sunsetd", "--metrics-addr", "nowhere"],
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 2 and "--metrics-addr must be HOST:PORT or off" in result.stderr

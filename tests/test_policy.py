@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from sunsetd.policy import (Admission, Circuit, Kill, Lifecycle, Spawn, State, Terminate, Transition, admit,
+from sunsetd.policy import (Circuit, Kill, Lifecycle, Spawn, State, Terminate, Transition,
                             backoff_delay)
 from sunsetd.profile import AgentSpec, Backoff, Intensity, RestartMode
 
@@ -309,21 +309,55 @@ def test_spawn_failure_takes_the_restart_path():
     assert Spawn() in actions and lc.restarts == 1
 
 
-# ---- admission ---------------------------------------------------------------------------------------------
+# ---- shutdown: hold ---------------------------------------------------------------------------------------
 
-def test_admission():
-    lc = ready_lifecycle(max_inflight=2, max_queue=2)
-    assert admit(lc, True, 0, 0) is Admission.FORWARD
-    assert admit(lc, True, 2, 0) is Admission.QUEUE  # agent busy: wait in our bounded queue
-    assert admit(lc, True, 0, 1) is Admission.QUEUE  # keep arrival order behind queued ones
-    assert admit(lc, True, 2, 2) is Admission.OVERLOADED
-    starting = Lifecycle(spec(max_queue=1))
-    starting.start(0.0)
-    assert admit(starting, True, 0, 0) is Admission.QUEUE
-    assert admit(starting, True, 0, 1) is Admission.OVERLOADED
-    assert admit(crash_until_failed(), True, 0, 0) is Admission.UNAVAILABLE
-    stopped = Lifecycle(spec())
-    assert admit(stopped, False, 0, 0) is Admission.UNAVAILABLE  # stopped by the operator
-    assert admit(stopped, True, 0, 0) is Admission.QUEUE  # waiting for its dependencies
-    lazy = Lifecycle(spec(lazy=True, essential=False))
-    assert admit(lazy, False, 0, 0) is Admission.QUEUE_AND_START
+def test_transition_ready_to_stopped_when_killed_during_shutdown():
+    """A second shutdown signal kills agents still serving their dependents: no restart, whatever the
+    restart policy (found in review: 9 of 16 agents were respawned in the middle of a shutdown)."""
+    lc = ready_lifecycle()
+    assert lc.hold(1.0, "shutdown") == []
+    t = transition(lc.exited(1.1, "killed by SIGKILL", clean_exit=False))
+    assert (t.old, t.new) == (State.READY, State.STOPPED) and "not restarted: shutdown" in t.reason
+    assert lc.restarts == 0 and lc.start(1.2) == []
+
+
+def test_transition_backoff_to_stopped_at_hold():
+    lc = ready_lifecycle()
+    lc.exited(1.0, "exit code 1", False)
+    lc.ready(1.1)
+    lc.exited(1.2, "exit code 1", False)
+    assert lc.state is State.BACKOFF
+    t = transition(lc.hold(1.3, "shutdown"))
+    assert (t.old, t.new) == (State.BACKOFF, State.STOPPED) and lc.next_deadline() is None
+
+
+def test_transition_failed_to_stopped_at_hold():
+    lc = crash_until_failed()
+    t = transition(lc.hold(2.0, "shutdown"))
+    assert (t.old, t.new) == (State.FAILED, State.STOPPED) and lc.tick(1e9) == []
+
+
+def test_hold_turns_a_pending_operator_restart_into_a_stop():
+    lc = ready_lifecycle()
+    lc.restart(1.0)
+    lc.hold(1.1, "shutdown")
+    t = transition(lc.exited(1.2, "exit code 0", clean_exit=True))
+    assert t.new is State.STOPPED
+
+
+def test_hung_agent_during_shutdown_is_stopped_not_restarted():
+    lc = ready_lifecycle()
+    lc.hold(1.0, "shutdown")
+    lc.unhealthy(1.1, "hung: no heartbeat for 900ms")
+    t = transition(lc.exited(1.5, "killed by SIGKILL", clean_exit=False))
+    assert t.new is State.STOPPED and lc.restarts == 0
+
+
+# ---- reload: redefine ------------------------------------------------------------------------------------
+
+def test_redefine_gives_a_fresh_window_and_closes_the_circuit():
+    lc = crash_until_failed()
+    lc.redefine(spec(run="agents.testing:Fixed"))
+    assert lc.spec.run == "agents.testing:Fixed" and not lc.recent_restarts and lc.consecutive_failures == 0
+    assert lc.state is State.FAILED  # the supervisor decides when it starts
+    assert kinds(lc.start(3.0, "profile reload")) == [Transition, Spawn] and lc.circuit is Circuit.CLOSED

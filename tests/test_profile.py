@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from sunsetd.profile import ProfileError, RestartMode, load_profile
+from sunsetd.runcheck import check_profile
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -20,9 +21,14 @@ def write(tmp_path: Path, name: str, text: str) -> Path:
 
 
 def errors_of(path: Path) -> list[str]:
-    with pytest.raises(ProfileError) as info:
-        load_profile(str(path))
-    return info.value.errors
+    """Every fault of the profile: those of loading it, else those of its run targets (checked in a child)."""
+    try:
+        profile = load_profile(str(path))
+    except ProfileError as exc:
+        return exc.errors
+    errors = check_profile(profile)
+    assert errors, f"{path} has no errors"
+    return errors
 
 
 BASE = """
@@ -209,7 +215,7 @@ def test_unknown_profile_name():
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "sunsetd.daemon", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "sunsetd", *args], capture_output=True, text=True,
                           cwd=REPO, timeout=60)
 
 

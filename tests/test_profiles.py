@@ -21,7 +21,7 @@ COUNTS = {  # total, essential, eager, lazy: part of the product (../shared/AGEN
 
 @pytest.mark.parametrize("name", COUNTS)
 def test_check_reports_the_counts(name):
-    result = subprocess.run([sys.executable, "-m", "sunsetd.daemon", "--profile", name, "--check"], cwd=REPO,
+    result = subprocess.run([sys.executable, "-m", "sunsetd", "--profile", name, "--check"], cwd=REPO,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     total, essential, eager, lazy = COUNTS[name]

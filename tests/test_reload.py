@@ -99,9 +99,11 @@ def test_sighup_reloads(start_daemon, profile_file):
 
 
 def reload_async(d):
-    """Send a reload without waiting for its answer (it comes when the reload has settled)."""
+    """Reload, and ask for its outcome without waiting for it (it comes when the reload has settled)."""
     client = Client(d.runtime_dir)
-    return client, client.send("sunsetd", "reload", timeout=60)
+    applied = client.call("sunsetd", "reload", timeout=60)
+    assert applied["settled"] is False and applied["settle_s"] > 0
+    return client, client.send("sunsetd", "reload_wait", {"reload": applied["reload"]}, timeout=60)
 
 
 def test_a_later_reload_supersedes_an_earlier_one_still_settling(start_daemon, profile_file):
