@@ -32,10 +32,13 @@ class Heartbeat(enum.Enum):
 def heartbeat_verdict(now: float, last_heard: float, heartbeat_ms: int, liveness: int,
                       unread_messages: bool) -> Heartbeat:
     """An incarnation that said nothing for `liveness` heartbeat intervals is hung, unless the daemon
-    itself has not read what arrived (a busy loop must not kill agents that kept talking)."""
-    if now - last_heard <= liveness * heartbeat_ms / 1000.0:
+    itself has not read what arrived (a busy loop must not kill agents that kept talking); but not
+    for ever: silent twice as long is hung whatever waits unread (a flood must not hide a hang)."""
+    limit = liveness * heartbeat_ms / 1000.0
+    silent = now - last_heard
+    if silent <= limit:
         return Heartbeat.ALIVE
-    return Heartbeat.RECHECK if unread_messages else Heartbeat.HUNG
+    return Heartbeat.RECHECK if unread_messages and silent <= 2 * limit else Heartbeat.HUNG
 
 
 def memory_verdict(rss: int | None, max_rss_mb: int | None) -> str | None:

@@ -1,8 +1,15 @@
 """Shared fixtures: short private runtime directories, a real daemon in a subprocess, and the check that
-every test leaves no process of its own behind."""
+every test leaves no process of its own behind.
+
+The leak check sees every process a test made, whatever its command line: pytest makes itself a child
+subreaper, so anything orphaned below it (a daemon's agent, a detached `sleep 60` an agent started, a
+double-forked grandchild) is reparented to pytest instead of init and stays one of its descendants.
+"""
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import gc
 import os
 import shutil
 import signal
@@ -16,11 +23,78 @@ from typing import Any, Callable, Iterator
 import psutil
 import pytest
 
-from sunsetd.rundir import processes_using  # noqa: F401 (used by the modules importing from here)
 from sunsetd.client import Client, RemoteError
+from sunsetd.rundir import processes_using  # noqa: F401 (used by the modules importing from here)
 
 REPO = Path(__file__).resolve().parent.parent
 TEST_PROFILES = REPO / "tests" / "profiles"
+PR_SET_CHILD_SUBREAPER = 36
+SHARED: list["DaemonProcess"] = []  # daemons that outlive one test (module_daemon): their processes are theirs
+
+
+def pytest_configure(config: Any) -> None:
+    assert ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0, \
+        "the leak check needs pytest to be a child subreaper (Linux)"
+
+
+def _descendants() -> list[psutil.Process]:
+    return psutil.Process().children(recursive=True)
+
+
+def _reap_orphans() -> None:
+    """Reap zombies reparented to pytest; never one that a live Popen will wait for."""
+    owned = {obj.pid for obj in gc.get_objects() if isinstance(obj, subprocess.Popen) and obj.returncode is None}
+    for child in psutil.Process().children():
+        try:
+            if child.pid not in owned and child.status() == psutil.STATUS_ZOMBIE:
+                os.waitpid(child.pid, os.WNOHANG)
+        except (psutil.Error, ChildProcessError):
+            pass
+
+
+def _exempt() -> set[int]:
+    """The processes of shared daemons still running."""
+    pids: set[int] = set()
+    for d in SHARED:
+        if d.proc is not None and d.proc.poll() is None:
+            pids.add(d.proc.pid)
+            try:
+                pids.update(p.pid for p in psutil.Process(d.proc.pid).children(recursive=True))
+            except psutil.Error:
+                pass
+    return pids
+
+
+def new_processes(before: set[int]) -> list[psutil.Process]:
+    """Live descendants of pytest that were not there at `before` and belong to no shared daemon."""
+    _reap_orphans()
+    exempt = _exempt()
+    found = []
+    for proc in _descendants():
+        try:
+            if proc.pid not in before and proc.pid not in exempt and proc.status() != psutil.STATUS_ZOMBIE:
+                found.append(proc)
+        except psutil.Error:
+            pass
+    return found
+
+
+def assert_none_left(before: set[int], timeout: float, what: str) -> None:
+    """Wait for every new process to be gone; kill and name whatever is left."""
+    deadline = time.monotonic() + timeout
+    leftovers = new_processes(before)
+    while leftovers and time.monotonic() < deadline:
+        time.sleep(0.05)
+        leftovers = new_processes(before)
+    described = []
+    for proc in leftovers:
+        try:
+            described.append((proc.pid, proc.cmdline()))
+            proc.kill()
+        except psutil.Error:
+            pass
+    _reap_orphans()
+    assert not leftovers, f"processes left behind by {what}: {described}"
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0.05, what: str = "condition") -> Any:
@@ -153,21 +227,18 @@ def module_daemon(profile: str | Path) -> Iterator[DaemonProcess]:
     """A daemon shared by a whole test module (one start for many tests), on its own short runtime
     directory; at the end it must stop with exit code 0 and leave no process of its own."""
     runtime_dir = Path(tempfile.mkdtemp(prefix="sd-", dir="/tmp"))
+    before = {p.pid for p in _descendants()}
     daemon = DaemonProcess(runtime_dir, profile).start()
+    SHARED.append(daemon)
     try:
         daemon.wait_ready(timeout=60)
         yield daemon
     finally:
         code = daemon.terminate()
-        try:
-            wait_until(lambda: not processes_using(runtime_dir), 10, what=f"processes of {runtime_dir} to exit")
-        finally:
-            leftovers = processes_using(runtime_dir)
-            for proc in leftovers:
-                proc.kill()
-            log = daemon.log()
-            shutil.rmtree(runtime_dir, ignore_errors=True)
-        assert not leftovers, f"processes left behind: {[p.info.get('cmdline') for p in leftovers]}"
+        SHARED.remove(daemon)
+        log = daemon.log()
+        shutil.rmtree(runtime_dir, ignore_errors=True)
+        assert_none_left(before, 10.0, f"the daemon of {profile}")
         assert code == 0, f"sunsetd exited {code}:\n{log[-4000:]}"
 
 
@@ -182,23 +253,16 @@ def runtime_dir(runtime_dirs: RuntimeDirs) -> Path:
 
 
 @pytest.fixture(autouse=True)
-def no_process_left_behind(runtime_dirs: RuntimeDirs):
-    """Every test that spawns processes must leave none behind: asserted here, after the test."""
+def no_process_left_behind(request: pytest.FixtureRequest, runtime_dirs: RuntimeDirs):
+    """Every test that spawns processes must leave none behind, whatever they run: asserted after
+    the test (its daemons are stopped first), over every descendant of pytest that is new."""
+    before = {p.pid for p in _descendants()}
     yield
-    leftovers: list[psutil.Process] = []
-    for d in runtime_dirs.dirs:
-        try:
-            wait_until(lambda: not processes_using(d), timeout=5.0, what=f"processes of {d} to exit")
-        except AssertionError:
-            leftovers += processes_using(d)
-    for proc in leftovers:
-        try:
-            proc.kill()
-        except psutil.Error:
-            pass
-    for d in runtime_dirs.dirs:
-        shutil.rmtree(d, ignore_errors=True)
-    assert not leftovers, f"processes left behind: {[(p.pid, p.info.get('cmdline')) for p in leftovers]}"
+    try:
+        assert_none_left(before, 5.0, request.node.name)
+    finally:
+        for d in runtime_dirs.dirs:
+            shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture

@@ -32,6 +32,7 @@ def test_the_exec_spawner_still_works(start_daemon):
     d = start_daemon(MINI, "--spawner", "exec")
     pid = d.call("Middle", "pid")
     assert "sunsetd.agent" in " ".join(psutil.Process(pid).cmdline())
+    assert psutil.Process(pid).ppid() == d.proc.pid and os.getsid(pid) == pid
     os.kill(pid, signal.SIGKILL)
     d.wait_agent("Middle", lambda a: a["state"] == "ready" and a["pid"] != pid, what="replaced by exec")
 
@@ -52,8 +53,11 @@ def test_a_dead_zygote_is_replaced_and_agents_still_restart(start_daemon):
     assert replacement.pid != zygote.pid  # a new zygote took over
 
 
-def test_an_orphan_left_behind_by_a_dead_agent_is_killed(start_daemon):
-    d = start_daemon(MINI)
+@pytest.mark.parametrize("spawner", ["fork", "exec"])
+def test_an_orphan_left_behind_by_a_dead_agent_is_killed(start_daemon, spawner):
+    """Whatever the spawner, the daemon is a subreaper: found in review, with --spawner exec an agent's
+    detached grandchild escaped to init."""
+    d = start_daemon(MINI, "--spawner", spawner)
     orphan = d.call("Base", "detach")
     pid = d.call("Base", "pid")
     os.kill(pid, signal.SIGKILL)  # its detached child escapes the group kill and is handed to us

@@ -91,3 +91,23 @@ def test_metrics_off_and_bad_address(start_daemon):
     result = subprocess.run([sys.executable, "-m", "sunsetd", "--metrics-addr", "nowhere"],
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 2 and "--metrics-addr must be HOST:PORT or off" in result.stderr
+
+
+def test_health_and_the_alert_agree_when_an_operator_stops_an_essential_agent(start_daemon):
+    """Found when tried as a new user would: /health answered 200 "healthy" while an essential agent was
+    stopped, though the README promises 503 naming it and the alert rule fired at the same moment."""
+    d = start_daemon(TEST_PROFILES / "mini.yaml")
+    base = d.status()["metrics"].rsplit("/", 1)[0]
+    wait_until(lambda: get(f"{base}/health")[0] == 200, 5, what="healthy")
+    d.call("sunsetd", "stop", {"agent": "Top"})
+    code, body = wait_until(lambda: (lambda r: r if r[0] == 503 else None)(get(f"{base}/health")), 5,
+                            what="health to say 503")
+    health = json.loads(body)
+    assert health["healthy"] is False and health["not_ready"] == ["Top"] and health["state"] == "running"
+    text = get(f"{base}/metrics")[1]
+    # what SunsetdEssentialAgentDown evaluates: essential == 1 and up == 0
+    assert value(text, 'sunsetd_agent_essential{agent="Top"}') == 1
+    assert value(text, 'sunsetd_agent_up{agent="Top"}') == 0
+    assert value(text, "sunsetd_essential_ready") == 0
+    d.call("sunsetd", "start", {"agent": "Top"})
+    wait_until(lambda: get(f"{base}/health")[0] == 200, 5, what="healthy again")

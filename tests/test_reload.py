@@ -30,6 +30,7 @@ def pids(d) -> dict[str, int]:
 
 
 def reload(d) -> subprocess.CompletedProcess:
+    """`sunsetctl reload`, as an operator types it (no --timeout)."""
     return subprocess.run([sys.executable, "-m", "sunsetd.cli", "--runtime-dir", str(d.runtime_dir), "reload"],
                           capture_output=True, text=True, timeout=60, cwd=REPO)
 
@@ -176,3 +177,69 @@ def test_removing_a_stopped_lazy_agent_takes_it_out_at_once(start_daemon, profil
     assert json.loads(reload(d).stdout)["removed"] == ["Lazy"]
     status = d.status()
     assert "Lazy" not in {a["name"] for a in status["agents"]} and status["counts"]["total"] == 3
+
+
+def test_a_failed_agent_fixed_by_a_reload_starts_at_once_with_a_closed_circuit(start_daemon, tmp_path):
+    """Found when tried as a new user would: the fixed definition never started; after 16 s the agent
+    was rolled back to the broken one and the reload said it had succeeded."""
+    broken = ("name: fixme\ndefaults: {heartbeat_ms: 100, stop_timeout_s: 2, start_timeout_s: 5,"
+              " backoff: {initial_ms: 50, max_ms: 100}}\nagents:\n  - {name: Good, run: 'agents.testing:Echo'}\n"
+              "  - {name: X, run: 'agents.testing:CrashAtStart', intensity: {max_restarts: 1, within_s: 60,"
+              " cooldown_s: 600}}\n")
+    path = tmp_path / "fixme.yaml"
+    path.write_text(broken)
+    d = start_daemon(path)  # degraded: X crashes at start until its circuit opens
+    d.wait_agent("X", lambda a: a["state"] == "failed", what="the circuit open")
+    path.write_text(broken.replace("agents.testing:CrashAtStart", "agents.testing:Echo"))
+    t0 = time.monotonic()
+    result = reload(d)
+    elapsed = time.monotonic() - t0
+    assert result.returncode == 0, result.stderr
+    outcome = json.loads(result.stdout)
+    assert outcome["changed"] == ["X"] and outcome["rolled_back"] == [] and outcome["outcomes"] == {"X": "ready"}
+    assert elapsed < 5.0  # at once, not at the end of a settle budget
+    x = d.agent("X")
+    assert x["state"] == "ready" and x["circuit"] == "closed"
+    assert d.call("X", "info")["class"] == "agents.testing:Echo"
+    assert d.status()["state"] == "running"
+
+
+def test_sunsetctl_reload_waits_as_long_as_the_daemon_says_and_reports_the_rollback(start_daemon, profile_file):
+    """Found when tried as a new user would: sunsetctl gave up after 10 s while the daemon's settle
+    watch lasted 16 s, so the operator never saw what was rolled back."""
+    d = start_daemon(profile_file)
+    profile_file.write_text(PROFILE.replace("config: {version: 1}", "config: {version: 2, setup_s: 60}, start_timeout_s: 12"))
+    t0 = time.monotonic()
+    result = reload(d)
+    elapsed = time.monotonic() - t0
+    assert result.returncode == 0, result.stderr
+    outcome = json.loads(result.stdout)
+    assert outcome["settled"] is True and outcome["rolled_back"] == ["B"]
+    assert outcome["outcomes"]["B"].startswith("rolled back: new spec did not become ready: not ready within "
+                                               "start_timeout_s=12")
+    assert 10.0 < elapsed < 25.0  # past the client's old 10 s, within the daemon's budget (2 + 12 + 1 s)
+    d.wait_agent("B", lambda a: a["state"] == "ready", what="B back on its previous definition")
+
+
+def test_the_daemon_never_imports_agent_code_and_finds_a_class_added_since(start_daemon, tmp_path):
+    """The daemon checks run targets in a child. Found in review: a reload that added a class to an agent
+    module the daemon had already imported was refused with "has no attribute"."""
+    package = tmp_path / "pkg"
+    package.mkdir()
+    imports = tmp_path / "imports.txt"
+    module = package / "mymod.py"
+    module.write_text(f"import os\nopen({str(imports)!r}, 'a').write(f'{{os.getpid()}}\\n')\n"
+                      "from agents.testing import Echo\n\nclass First(Echo):\n    pass\n")
+    profile = tmp_path / "mine.yaml"
+    profile.write_text("name: mine\ndefaults: {heartbeat_ms: 100, stop_timeout_s: 2}\n"
+                       "agents:\n  - {name: First, run: 'mymod:First'}\n")
+    d = start_daemon(profile, env={"PYTHONPATH": str(package)})
+    with module.open("a") as f:
+        f.write("\nclass Second(Echo):\n    pass\n")
+    profile.write_text(profile.read_text() + "  - {name: Second, run: 'mymod:Second'}\n")
+    result = reload(d)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["added"] == ["Second"]
+    d.wait_agent("Second", lambda a: a["state"] == "ready", what="the added class running")
+    importers = {int(line) for line in imports.read_text().split()}
+    assert d.proc.pid not in importers and len(importers) >= 3  # the checks at start and reload, the agents
