@@ -204,10 +204,14 @@ class ForkServer:
 
 # ---- the zygote's side -----------------------------------------------------------------------------------
 
-def _agent_child(request: dict, fds: list[int], control: socket.socket, daemon_pid: int, base_env: dict) -> None:
+def _agent_child(request: dict, fds: list[int], control: socket.socket, daemon_pid: int, base_env: dict,
+                 report: int) -> None:
     """In the forked agent: a session leader with our pipes and environment, tied to the daemon's life
     before any agent code runs; then the agent runtime."""
     os.setsid()
+    # Only now is our pid known to the daemon: a signal it sends to our process group at once must find it.
+    os.write(report, str(os.getpid()).encode())
+    os.close(report)
     os.dup2(fds[0], 1)
     os.dup2(fds[1], 2)
     for fd in fds:
@@ -261,19 +265,16 @@ def _serve(control: socket.socket, daemon_pid: int) -> None:
             continue
         r, w = os.pipe()
         middle = os.fork()
-        if middle == 0:  # the intermediate: fork the agent, report its pid, exit so it is reparented
+        if middle == 0:  # the intermediate: fork the agent and exit, so that it is reparented
             os.close(r)
-            agent = os.fork()
-            if agent == 0:
-                os.close(w)
-                _agent_child(request, list(fds), control, daemon_pid, base_env)
-            os.write(w, str(agent).encode())
+            if os.fork() == 0:
+                _agent_child(request, list(fds), control, daemon_pid, base_env, w)
             os._exit(0)
         os.close(w)
         for fd in fds:
             os.close(fd)
         os.waitpid(middle, 0)  # once it is reaped, the agent is the daemon's child
-        pid = os.read(r, 32).decode()
+        pid = os.read(r, 32).decode()  # written by the agent once it leads its own session
         os.close(r)
         control.send(json.dumps({"seq": request["seq"], "pid": int(pid)} if pid else
                                 {"seq": request["seq"], "error": "fork failed"}).encode())

@@ -222,7 +222,11 @@ class RequestBook:
         """The router could not deliver a Forward: the incarnation's connection is gone (its exit not seen
         yet: the request never reached it and waits for the next one), or its pipe is full."""
         agent = self._agents.get(p.to)
-        if agent is None or agent.inflight.pop(p.rid, None) is None or p.rid not in self.pending:
+        if agent is None:
+            return []
+        if peer_gone and agent.view.incarnation == p.incarnation:
+            agent.reachable = False  # nothing more goes to it; the next incarnation's READY opens it again
+        if agent.inflight.pop(p.rid, None) is None or p.rid not in self.pending:
             return []
         if not peer_gone:
             return [self._reply(p, False, None, ErrorCode.OVERLOADED, f"{agent.name}'s pipe is full")]
@@ -230,8 +234,6 @@ class RequestBook:
             out = [self._reply(p, False, None, ErrorCode.UNAVAILABLE, f"{agent.name} was removed from the profile")]
             self._collect(agent)
             return out
-        if agent.view.incarnation == p.incarnation:
-            agent.reachable = False  # nothing more goes to it; the next incarnation's READY opens it again
         self._requeue(agent, p)
         return self._flush(agent)
 
@@ -261,7 +263,8 @@ class RequestBook:
     def expire(self, now: float) -> list[Decision]:
         """Everything whose time has come: deadlines (`timeout`) and the grace of gone incarnations."""
         out: list[Decision] = []
-        heap = self._heap
+        freed: dict[str, _Agent] = {}  # agents with room in flight again: their queues move on at the end,
+        heap = self._heap  # so that nothing is forwarded that is about to time out in this same call
         while heap and heap[0][0] <= now:
             when, rid, kind = heapq.heappop(heap)
             p = self.pending.get(rid)
@@ -276,6 +279,7 @@ class RequestBook:
             if agent is not None:
                 if agent.inflight.pop(rid, None) is not None:
                     where = "in flight"
+                    freed[agent.name] = agent
                 else:
                     try:
                         agent.queue.remove(p)
@@ -285,9 +289,9 @@ class RequestBook:
                                    f"no reply from {p.to} within {(p.deadline - p.received_at) * 1000:.0f}ms "
                                    f"(request was {where})"))
             if agent is not None:
-                if where == "in flight" and agent.queue:
-                    out += self._flush(agent)  # its place in flight is free: the queue behind it moves on
                 self._collect(agent)
+        for agent in freed.values():
+            out += self._flush(agent)
         return out
 
     # ---- shutdown

@@ -287,7 +287,8 @@ class LocalSpawner:
         except OSError as exc:
             for fd in outputs:
                 os.close(fd)
-            self.timers.call_soon(lambda: self._failed(handle, f"{argv[0]}: {exc.strerror or exc}"))
+            error = f"{argv[0]}: {exc.strerror or exc}"
+            self.timers.call_soon(lambda: self._failed(handle, error))
             return
         finally:
             os.close(out_w)  # the child holds its own copies

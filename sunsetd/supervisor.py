@@ -541,8 +541,12 @@ class Supervisor:
             slot.lifecycle.redefine(watch.previous)
             self._wire_dependencies()
             self._publish(slot)
-            # outside the transition in progress; and not if a later reload removed it meanwhile
-            self.timers.call_soon(lambda: None if slot.removed or self.stopping else self._restart_for_reload(slot))
+            if slot.state in (State.FAILED, State.STOPPED):
+                # nothing of the new definition will run again by itself: start the previous one, outside
+                # the transition in progress, and not if a later reload removed it meanwhile. (Otherwise
+                # the restart already under way, at once, after a backoff or after the exit of a hung
+                # incarnation, starts the previous definition.)
+                self.timers.call_soon(lambda: None if slot.removed or self.stopping else self._restart_for_reload(slot))
         else:
             watch.outcome.done(slot.name, verdict.verdict.value)
         self._maybe_settled(watch.outcome)

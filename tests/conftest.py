@@ -37,19 +37,60 @@ def pytest_configure(config: Any) -> None:
         "the leak check needs pytest to be a child subreaper (Linux)"
 
 
+def _children_of(pid: int) -> list[int]:
+    found = []
+    try:
+        for task in os.scandir(f"/proc/{pid}/task"):
+            try:
+                with open(f"/proc/{pid}/task/{task.name}/children") as f:
+                    found += [int(c) for c in f.read().split()]
+            except OSError:
+                continue
+    except OSError:
+        pass
+    return found
+
+
+def _descendant_pids(root: int | None = None) -> set[int]:
+    """Every descendant, from the kernel's own children lists (cheaper than scanning every process)."""
+    pids: set[int] = set()
+    stack = _children_of(os.getpid() if root is None else root)
+    while stack:
+        pid = stack.pop()
+        if pid not in pids:
+            pids.add(pid)
+            stack += _children_of(pid)
+    return pids
+
+
 def _descendants() -> list[psutil.Process]:
-    return psutil.Process().children(recursive=True)
+    found = []
+    for pid in _descendant_pids():
+        try:
+            found.append(psutil.Process(pid))
+        except psutil.Error:
+            pass
+    return found
 
 
 def _reap_orphans() -> None:
     """Reap zombies reparented to pytest; never one that a live Popen will wait for."""
-    owned = {obj.pid for obj in gc.get_objects() if isinstance(obj, subprocess.Popen) and obj.returncode is None}
-    for child in psutil.Process().children():
+    zombies = []
+    for pid in _children_of(os.getpid()):
         try:
-            if child.pid not in owned and child.status() == psutil.STATUS_ZOMBIE:
-                os.waitpid(child.pid, os.WNOHANG)
-        except (psutil.Error, ChildProcessError):
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                zombies.append(pid)
+        except psutil.Error:
             pass
+    if not zombies:
+        return
+    owned = {obj.pid for obj in gc.get_objects() if isinstance(obj, subprocess.Popen) and obj.returncode is None}
+    for pid in zombies:
+        if pid not in owned:
+            try:
+                os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                pass
 
 
 def _exempt() -> set[int]:
@@ -58,21 +99,22 @@ def _exempt() -> set[int]:
     for d in SHARED:
         if d.proc is not None and d.proc.poll() is None:
             pids.add(d.proc.pid)
-            try:
-                pids.update(p.pid for p in psutil.Process(d.proc.pid).children(recursive=True))
-            except psutil.Error:
-                pass
+            pids |= _descendant_pids(d.proc.pid)
     return pids
 
 
 def new_processes(before: set[int]) -> list[psutil.Process]:
     """Live descendants of pytest that were not there at `before` and belong to no shared daemon."""
     _reap_orphans()
-    exempt = _exempt()
+    new = _descendant_pids() - before
+    if not new:
+        return []
+    new -= _exempt()
     found = []
-    for proc in _descendants():
+    for pid in new:
         try:
-            if proc.pid not in before and proc.pid not in exempt and proc.status() != psutil.STATUS_ZOMBIE:
+            proc = psutil.Process(pid)
+            if proc.status() != psutil.STATUS_ZOMBIE:
                 found.append(proc)
         except psutil.Error:
             pass
@@ -227,7 +269,7 @@ def module_daemon(profile: str | Path) -> Iterator[DaemonProcess]:
     """A daemon shared by a whole test module (one start for many tests), on its own short runtime
     directory; at the end it must stop with exit code 0 and leave no process of its own."""
     runtime_dir = Path(tempfile.mkdtemp(prefix="sd-", dir="/tmp"))
-    before = {p.pid for p in _descendants()}
+    before = _descendant_pids()
     daemon = DaemonProcess(runtime_dir, profile).start()
     SHARED.append(daemon)
     try:
@@ -256,7 +298,7 @@ def runtime_dir(runtime_dirs: RuntimeDirs) -> Path:
 def no_process_left_behind(request: pytest.FixtureRequest, runtime_dirs: RuntimeDirs):
     """Every test that spawns processes must leave none behind, whatever they run: asserted after
     the test (its daemons are stopped first), over every descendant of pytest that is new."""
-    before = {p.pid for p in _descendants()}
+    before = _descendant_pids()
     yield
     try:
         assert_none_left(before, 5.0, request.node.name)

@@ -1,0 +1,61 @@
+"""The launch contract and routing ids (DESIGN §1, §7): one versioned description of what an agent is told."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from sunsetd.protocol import Launch, ProtocolError, parse_routing_id, routing_id
+from sunsetd.spawner import launch_of
+from fakes import spec
+
+
+def launch(**overrides) -> Launch:
+    fields = dict(name="vision.detector", incarnation=3, agents_endpoint="ipc:///run/sunsetd/agents.sock",
+                  front_endpoint="ipc:///run/sunsetd/sunsetd.sock", heartbeat_ms=250, liveness=3, stop_timeout_s=5.0,
+                  parent_pid=42, run="agents.vision:Detector", concurrency=2, config={"model": "x"})
+    fields.update(overrides)
+    return Launch(**fields)
+
+
+def test_a_launch_survives_encoding_and_names_its_routing_id():
+    original = launch()
+    assert Launch.decode(original.encode()) == original
+    assert original.routing_id == b"vision.detector#3" and original.title == "vision.detector#3"
+
+
+def test_tcp_endpoints_are_expressible():
+    remote = launch(agents_endpoint="tcp://10.0.0.2:7000", front_endpoint="tcp://10.0.0.2:7001", parent_pid=0)
+    assert Launch.decode(remote.encode()).agents_endpoint == "tcp://10.0.0.2:7000"
+
+
+@pytest.mark.parametrize("change, field", [
+    ({"version": 2}, "'version'"), ({"incarnation": 0}, "'incarnation'"), ({"incarnation": True}, "'incarnation'"),
+    ({"agents_endpoint": "/run/agents.sock"}, "'agents_endpoint'"), ({"heartbeat_ms": "fast"}, "'heartbeat_ms'"),
+    ({"stop_timeout_s": float("inf")}, "'stop_timeout_s'"), ({"config": []}, "'config'"), ({"colour": 1}, "'colour'"),
+])
+def test_a_bad_launch_is_refused_naming_the_field(change, field):
+    raw = json.loads(launch().encode())
+    raw.update(change)
+    with pytest.raises(ProtocolError, match=field):
+        Launch.decode(json.dumps(raw))
+
+
+def test_garbage_is_not_a_launch():
+    for text in ("", "{", "[1]"):
+        with pytest.raises(ProtocolError):
+            Launch.decode(text)
+
+
+def test_the_spawner_makes_a_launch_from_a_profile_entry():
+    made = launch_of(spec("A", heartbeat_ms=100, concurrency=4, config={"k": 1}), 7, "ipc:///x/agents.sock",
+                     "ipc:///x/sunsetd.sock", parent_pid=99)
+    assert (made.name, made.incarnation, made.heartbeat_ms, made.concurrency, made.config, made.parent_pid) == (
+        "A", 7, 100, 4, {"k": 1}, 99)
+
+
+def test_routing_ids_round_trip_and_anything_else_is_not_one():
+    assert parse_routing_id(routing_id("a.b-c", 12)) == ("a.b-c", 12)
+    assert parse_routing_id(b"name#with#hashes#4") == ("name#with#hashes", 4)
+    for junk in (b"", b"#3", b"A#", b"A#x", b"A3", b"\x00k\x8bEg", b"A#" + b"9" * 40):
+        assert parse_routing_id(junk) is None
