@@ -184,7 +184,6 @@ class Daemon:
                 self._refuse_reload(job)
                 continue
             current = {name: slot.spec for name, slot in self.supervisor.slots.items() if not slot.removed}
-            self.book.profile_name = job.profile.name
             outcome = self.supervisor.reload(reload.plan(current, job.profile), self._reload_settled)
             self._reload_outcomes[outcome.number] = outcome
             while len(self._reload_outcomes) > KEPT_RELOADS:
@@ -242,7 +241,7 @@ class Daemon:
 
     def _serve(self, ctx: zmq.Context) -> int:
         profile = self.first_profile
-        self.book = RequestBook(profile.name)
+        self.book = RequestBook(lambda: self.supervisor.profile.name)
         self.router = Router(ctx, self.runtime_dir, self.book, self.timers)
         self.spawner = self._make_spawner()
         self.supervisor = Supervisor(profile, self.spawner, self.router, self.timers, self.book, self)

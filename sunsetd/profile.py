@@ -129,12 +129,6 @@ def _bool(v: Any) -> bool:
     return v
 
 
-def _str(v: Any) -> str:
-    if not isinstance(v, str) or not v:
-        raise ValueError("expected a non-empty string")
-    return v
-
-
 def _optional(check: Callable[[Any], Any]) -> Callable[[Any], Any]:
     return lambda v: None if v is None else check(v)
 

@@ -18,7 +18,7 @@ import heapq
 import itertools
 from collections import Counter, deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from sunsetd.protocol import CONTROL_TARGET, ControlOp, ErrorCode, Request
 
@@ -112,8 +112,9 @@ class _Agent:
 
 
 class RequestBook:
-    def __init__(self, profile_name: str = "-"):
-        self.profile_name = profile_name  # named in unknown_agent replies
+    def __init__(self, profile_name: str | Callable[[], str] = "-"):
+        # named in unknown_agent replies; a getter, so that the profile's owner stays its only owner
+        self._profile_name = profile_name if callable(profile_name) else (lambda: profile_name)
         self.pending: dict[int, Pending] = {}
         self.stopping = False
         self.counters: Counter[str] = Counter()  # late_replies, stale_replies
@@ -178,7 +179,7 @@ class RequestBook:
         agent = self._agents.get(request.to)
         if agent is None or not agent.listed:
             return [self._reply(p, False, None, ErrorCode.UNKNOWN_AGENT,
-                                f"no agent {request.to!r} in profile {self.profile_name}")]
+                                f"no agent {request.to!r} in profile {self._profile_name()}")]
         p.label = agent.name
         agent.last_request_at = now
         view = agent.view
@@ -329,10 +330,6 @@ class RequestBook:
     def last_request_at(self, name: str) -> float:
         agent = self._agents.get(name)
         return 0.0 if agent is None else agent.last_request_at
-
-    def inflight_to(self, name: str, incarnation: int) -> int:
-        agent = self._agents.get(name)
-        return 0 if agent is None else sum(p.incarnation == incarnation for p in agent.inflight.values())
 
     # ---- internals
     def _reply(self, p: Pending, ok: bool, body: Any = None, code: ErrorCode | None = None,

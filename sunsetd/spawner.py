@@ -19,7 +19,6 @@ import select
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Protocol
@@ -300,7 +299,7 @@ class LocalSpawner:
                  popen: subprocess.Popen | None = None) -> None:
         """The process exists: watch its exit and its output, and deliver signals asked for meanwhile."""
         handle.pid, handle.popen, handle.outputs = pid, popen, outputs
-        handle.started_at = time.monotonic()
+        handle.started_at = self.timers.now()
         try:
             handle.pidfd = os.pidfd_open(pid)
         except OSError:  # gone and reaped already: impossible for our child, but never leave it unwatched

@@ -27,10 +27,6 @@ class Notifier:
         self.watchdog_every_s: float | None = usec / 3e6 if usec and self.sock else None
         self.last_status = ""
 
-    @property
-    def enabled(self) -> bool:
-        return self.sock is not None
-
     def send(self, *assignments: str) -> bool:
         if self.sock is None:
             return False

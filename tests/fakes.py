@@ -168,7 +168,7 @@ class Harness:
     def __post_init__(self) -> None:
         self.spawner = FakeSpawner(self.clock)
         self.channel = FakeChannel()
-        self.book = RequestBook(self.profile.name)
+        self.book = RequestBook(lambda: self.sup.profile.name)
         self.replies: list[Reply] = []
         self.forwards: list[Forward] = []
         self.transitions: list[tuple[str, int, Transition]] = []
