@@ -174,24 +174,43 @@ def daemon_main(argv: list[str] | None = None) -> int:
     except ProfileError as exc:
         return _profile_errors(args.profile, exc.errors)
     check = runcheck.Check(profile)  # a child imports the agents' modules while we import ours
-    from sunsetd.metrics import parse_address
-
-    try:
-        metrics_addr = parse_address(args.metrics_addr)
-    except ValueError as exc:
-        check.cancel()
-        parser.error(str(exc))
-    if not args.check:
-        from sunsetd import logs, rundir
-        from sunsetd.daemon import Daemon
-    errors = check.errors()
-    if errors:
-        return _profile_errors(args.profile, errors)
     if args.check:
+        errors = check.errors()
+        if errors:
+            return _profile_errors(args.profile, errors)
         print(describe(profile))
         return EXIT_OK
+    from sunsetd import rundir
+    from sunsetd.forkserver import ForkServer, ForkServerError
+
+    runtime_dir = rundir.resolve(args.runtime_dir)
+    zygote = None
+    if args.spawner == "fork":  # its imports too overlap ours; it forks nothing until asked
+        try:
+            zygote = ForkServer(runtime_dir).start()
+        except ForkServerError:
+            zygote = None  # the spawner tries again, and falls back to exec
+    try:
+        from sunsetd import logs
+        from sunsetd.daemon import Daemon
+        from sunsetd.metrics import parse_address
+
+        try:
+            metrics_addr = parse_address(args.metrics_addr)
+        except ValueError as exc:
+            parser.error(str(exc))
+        errors = check.errors()
+    except BaseException:  # a usage error (SystemExit) or Ctrl-C: nothing of ours stays behind
+        check.cancel()
+        if zygote is not None:
+            zygote.close()
+        raise
+    if errors:
+        if zygote is not None:
+            zygote.close()
+        return _profile_errors(args.profile, errors)
     logs.configure(args.log_level, profile.name, journal={"auto": None, "journal": True, "stderr": False}[args.log_to])
-    return Daemon(profile, rundir.resolve(args.runtime_dir), args.profile, metrics_addr, args.spawner).run()
+    return Daemon(profile, runtime_dir, args.profile, metrics_addr, args.spawner, zygote).run()
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ import zmq
 
 from sunsetd import logs, reload, rundir, runcheck
 from sunsetd.control import Controller
+from sunsetd.forkserver import ForkServer
 from sunsetd.loop import EventLoop
 from sunsetd.metrics import Metrics
 from sunsetd.policy import Transition
@@ -53,7 +54,7 @@ class _ReloadJob:
 
 class Daemon:
     def __init__(self, profile: Profile, runtime_dir: Path, profile_arg: str | None = None,
-                 metrics_addr: tuple[str, int] | None = None, spawner: str = "fork"):
+                 metrics_addr: tuple[str, int] | None = None, spawner: str = "fork", zygote: ForkServer | None = None):
         self.profile_arg = profile_arg or str(profile.path)  # what a reload reads again
         self.runtime_dir = runtime_dir
         self.first_profile = profile
@@ -65,6 +66,7 @@ class Daemon:
         self.metrics_addr = metrics_addr
         self.metrics_url: str | None = None
         self.spawner_kind = spawner
+        self.zygote = zygote  # started by the command line before the daemon's imports, or None
         self.status_timer: Timer | None = None
         self.stop_budget_s = 0.0
         self._reload_jobs: deque[_ReloadJob] = deque()
@@ -226,6 +228,8 @@ class Daemon:
         try:
             self.lock.acquire()
         except rundir.RuntimeDirError as exc:
+            if self.zygote is not None:
+                self.zygote.close()
             print(f"sunsetd: {exc}", file=sys.stderr)
             return EXIT_RUNTIME
         ctx = zmq.Context()
@@ -236,8 +240,11 @@ class Daemon:
             self.lock.release()
 
     def _make_spawner(self) -> LocalSpawner:
-        cls = ForkSpawner if self.spawner_kind == "fork" else ExecSpawner
-        return cls(self.runtime_dir, self.loop, self.timers)
+        if self.spawner_kind == "fork":
+            return ForkSpawner(self.runtime_dir, self.loop, self.timers, server=self.zygote)
+        if self.zygote is not None:
+            self.zygote.close()
+        return ExecSpawner(self.runtime_dir, self.loop, self.timers)
 
     def _serve(self, ctx: zmq.Context) -> int:
         profile = self.first_profile

@@ -69,6 +69,15 @@ def die_with_parent(parent: int) -> None:
         os._exit(EXIT_PARENT_GONE)
 
 
+def child_env(environ: Any) -> dict:
+    """The environment of every child: the daemon's, without what belongs to the daemon alone."""
+    env = dict(environ)
+    env["PYTHONUNBUFFERED"] = "1"  # agent lines reach the log when printed, not when a buffer fills
+    for name in ("NOTIFY_SOCKET", "WATCHDOG_PID", "WATCHDOG_USEC", LAUNCH_ENV):
+        env.pop(name, None)  # sd_notify belongs to the daemon, never to an agent
+    return env
+
+
 class ForkServerError(OSError):
     """The zygote could not be started."""
 
@@ -76,16 +85,15 @@ class ForkServerError(OSError):
 class ForkServer:
     """The daemon's side: starts the zygote, pipelines fork requests, reads the answers."""
 
-    def __init__(self, runtime_dir: Path, python: str, env: dict, make_pipes: Callable[[], tuple[dict, list[int]]],
-                 on_forked: Callable[[Any, int, dict], None], on_refused: Callable[[Any, Any, str], None],
-                 on_lost: Callable[[str, list], None]):
+    def __init__(self, runtime_dir: Path, python: str = sys.executable, env: dict | None = None):
         self.runtime_dir = runtime_dir
         self.python = python
-        self.env = env
-        self.make_pipes = make_pipes  # () -> ({read fd: (stream, reader)}, [stdout write fd, stderr write fd])
-        self.on_forked = on_forked  # (handle, pid, outputs)
-        self.on_refused = on_refused  # (handle, launch, why): this one start failed in the zygote
-        self.on_lost = on_lost  # (why, [(handle, launch) not forked]): the zygote is gone
+        self.env = child_env(os.environ if env is None else env)
+        # set by the spawner that uses it (bind), before any fork request:
+        self.make_pipes: Callable[[], tuple[dict, list[int]]]  # () -> ({read fd: (stream, reader)}, [w, w])
+        self.on_forked: Callable[[Any, int, dict], None]  # (handle, pid, outputs)
+        self.on_refused: Callable[[Any, Any, str], None]  # (handle, launch, why): this start failed in the zygote
+        self.on_lost: Callable[[str, list], None]  # (why, [(handle, launch) not forked]): the zygote is gone
         self.sock: socket.socket | None = None
         self.proc: subprocess.Popen | None = None
         self._waiting: deque[tuple[Any, Any]] = deque()  # (handle, launch) not sent yet
@@ -93,7 +101,13 @@ class ForkServer:
         self._seq = 0
         self._answered = 0
 
-    def start(self) -> None:
+    def bind(self, make_pipes: Callable[[], tuple[dict, list[int]]], on_forked: Callable[[Any, int, dict], None],
+             on_refused: Callable[[Any, Any, str], None], on_lost: Callable[[str, list], None]) -> None:
+        self.make_pipes, self.on_forked, self.on_refused, self.on_lost = make_pipes, on_forked, on_refused, on_lost
+
+    def start(self) -> "ForkServer":
+        """Start the zygote and return at once: its imports go on while the daemon does the rest of its
+        start (the first fork request simply waits for them)."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             self.proc = subprocess.Popen(
@@ -107,6 +121,7 @@ class ForkServer:
             theirs.close()
         ours.setblocking(False)
         self.sock = ours
+        return self
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -204,14 +219,10 @@ class ForkServer:
 
 # ---- the zygote's side -----------------------------------------------------------------------------------
 
-def _agent_child(request: dict, fds: list[int], control: socket.socket, daemon_pid: int, base_env: dict,
-                 report: int) -> None:
+def _agent_child(request: dict, fds: list[int], control: socket.socket, daemon_pid: int, base_env: dict) -> None:
     """In the forked agent: a session leader with our pipes and environment, tied to the daemon's life
     before any agent code runs; then the agent runtime."""
     os.setsid()
-    # Only now is our pid known to the daemon: a signal it sends to our process group at once must find it.
-    os.write(report, str(os.getpid()).encode())
-    os.close(report)
     os.dup2(fds[0], 1)
     os.dup2(fds[1], 2)
     for fd in fds:
@@ -265,16 +276,19 @@ def _serve(control: socket.socket, daemon_pid: int) -> None:
             continue
         r, w = os.pipe()
         middle = os.fork()
-        if middle == 0:  # the intermediate: fork the agent and exit, so that it is reparented
+        if middle == 0:  # the intermediate: fork the agent, report its pid, exit so it is reparented
             os.close(r)
-            if os.fork() == 0:
-                _agent_child(request, list(fds), control, daemon_pid, base_env, w)
+            agent = os.fork()
+            if agent == 0:
+                os.close(w)
+                _agent_child(request, list(fds), control, daemon_pid, base_env)
+            os.write(w, str(agent).encode())
             os._exit(0)
         os.close(w)
         for fd in fds:
             os.close(fd)
         os.waitpid(middle, 0)  # once it is reaped, the agent is the daemon's child
-        pid = os.read(r, 32).decode()  # written by the agent once it leads its own session
+        pid = os.read(r, 32).decode()
         os.close(r)
         control.send(json.dumps({"seq": request["seq"], "pid": int(pid)} if pid else
                                 {"seq": request["seq"], "error": "fork failed"}).encode())

@@ -10,8 +10,6 @@ import fcntl
 import os
 from pathlib import Path
 
-import psutil
-
 FRONT_SOCKET = "sunsetd.sock"
 AGENTS_SOCKET = "agents.sock"
 LOCK_FILE = "sunsetd.lock"
@@ -100,10 +98,12 @@ class RuntimeLock:
         self.fd = None
 
 
-def processes_using(runtime_dir: Path) -> list[psutil.Process]:
+def processes_using(runtime_dir: Path) -> list:
     """Every live process whose command line names this runtime directory: a daemon started on it and
     its agents (exec'd ones carry --runtime-dir, forked ones the zygote's command line). What tests,
     benchmarks and the chaos harness check to prove nothing was left behind."""
+    import psutil  # for tests and tools only: the daemon and sunsetctl never pay for it here
+
     marker = str(runtime_dir)
     found = []
     for proc in psutil.process_iter(["cmdline", "status"]):

@@ -26,7 +26,7 @@ from typing import Callable, Protocol
 import psutil
 
 from sunsetd import logs, rundir
-from sunsetd.forkserver import ForkServer, become_subreaper, die_with_parent
+from sunsetd.forkserver import ForkServer, become_subreaper, child_env, die_with_parent
 from sunsetd.profile import AgentSpec
 from sunsetd.protocol import LAUNCH_ENV, Launch
 from sunsetd.timers import Timer, Timers
@@ -192,7 +192,14 @@ class LocalHandle:
             return
         try:
             os.killpg(self.pid, sig)  # it leads its own group: what it started goes too, never us
-        except (ProcessLookupError, PermissionError):
+        except ProcessLookupError:
+            # A forked agent may not have made its session yet (the zygote answers right after the
+            # fork): it has no group of its own, and it alone exists to be signalled.
+            try:
+                os.kill(self.pid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+        except PermissionError:
             pass
 
     def terminate(self) -> None:
@@ -230,10 +237,7 @@ class LocalSpawner:
         self.pid = os.getpid()
         self.agents_endpoint = rundir.endpoint(runtime_dir, rundir.AGENTS_SOCKET)
         self.front_endpoint = rundir.endpoint(runtime_dir, rundir.FRONT_SOCKET)
-        self.env = dict(os.environ if env is None else env)
-        self.env["PYTHONUNBUFFERED"] = "1"  # agent lines reach the log when printed, not when a buffer fills
-        for name in ("NOTIFY_SOCKET", "WATCHDOG_PID", "WATCHDOG_USEC", LAUNCH_ENV):
-            self.env.pop(name, None)  # sd_notify belongs to the daemon, never to an agent
+        self.env = child_env(os.environ if env is None else env)
         self.subreaper = become_subreaper()
         if not self.subreaper:
             logs.event(logs.DAEMON, "spawner", "cannot become a child subreaper: orphans of agents escape to init",
@@ -463,23 +467,28 @@ class ForkSpawner(LocalSpawner):
     MAX_ZYGOTE_FAILURES = 3
 
     def __init__(self, runtime_dir: Path, fds: FdWatcher, timers: Timers, python: str = sys.executable,
-                 env: dict | None = None):
+                 env: dict | None = None, server: ForkServer | None = None):
+        """`server`: a zygote already started (the daemon starts it first thing, so that its imports
+        overlap the daemon's own)."""
         super().__init__(runtime_dir, fds, timers, python, env)
         self.failures = 0
         self.server: ForkServer | None = None
-        if self.subreaper:  # a forked agent becomes our child only through the subreaper
-            self._start_server()
+        if not self.subreaper:  # a forked agent becomes our child only through the subreaper
+            if server is not None:
+                server.close()
+            return
+        self._start_server(server)
 
-    def _start_server(self) -> None:
+    def _start_server(self, server: ForkServer | None = None) -> None:
         try:
-            self.server = ForkServer(self.runtime_dir, self.python, self.env, _pipes, self._on_forked,
-                                     self._on_refused, self._on_server_lost)
-            self.server.start()
+            if server is None:
+                server = ForkServer(self.runtime_dir, self.python, self.env).start()
         except (OSError, ValueError) as exc:
             logs.event(logs.DAEMON, "spawner", f"fork server unavailable ({exc}); starting agents by exec", "WARNING")
-            self.server = None
             return
-        self.fds.watch(self.server.fileno(), self.server.on_readable)
+        server.bind(_pipes, self._on_forked, self._on_refused, self._on_server_lost)
+        self.server = server
+        self.fds.watch(server.fileno(), server.on_readable)
 
     def _start_agent(self, handle: LocalHandle, launch: Launch) -> None:
         if self.server is None:
