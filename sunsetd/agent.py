@@ -57,6 +57,9 @@ class Inbox(bytes, enum.Enum):
     SETUP_FAILED = b"setup_failed"
 
 
+_INBOX = {tag.value: tag for tag in Inbox}  # a dict lookup per message, not an enum call
+
+
 class Agent:
     """Base class of every agent. Define `handle_<op>(self, body)`; return any msgpack-able value."""
 
@@ -283,7 +286,7 @@ class AgentRuntime:
             waiter.event.set()
 
     def _on_inbox(self, frames: list[bytes]) -> int | None:
-        what = Inbox(frames[0])
+        what = _INBOX[frames[0]]
         if what is Inbox.REPLY:
             try:
                 self.sock.send_multipart([Kind.REPLY.value, frames[1]], flags=self.zmq.NOBLOCK)

@@ -8,6 +8,7 @@ process: the router, the spawners and the agent runtime call it to turn bytes in
 from __future__ import annotations
 
 import enum
+import functools
 import json
 import math
 from dataclasses import asdict, dataclass, field
@@ -151,13 +152,14 @@ def parse_agent_frames(frames: list[bytes]) -> tuple[Kind, Any]:
     """[kind, body] from an agent; body may be absent for READY and HEARTBEAT."""
     if not 1 <= len(frames) <= 2:
         raise ProtocolError(f"agent message has {len(frames)} frames, expected [kind, body]")
-    try:
-        kind = Kind(frames[0])
-    except ValueError:
-        raise ProtocolError(f"agent frame kind {frames[0][:32]!r} is unknown") from None
+    kind = _KINDS.get(frames[0])
+    if kind is None:
+        raise ProtocolError(f"agent frame kind {frames[0][:32]!r} is unknown")
     body = unpack(frames[1], f"{kind.name} body") if len(frames) == 2 and frames[1] else None
     return kind, body
 
+
+_KINDS = {k.value: k for k in Kind}  # a dict lookup: Kind(...) costs a microsecond per frame
 
 # Codes an agent may put on its own error replies; any other code is reported as agent_error.
 AGENT_REPLY_CODES = frozenset({ErrorCode.AGENT_ERROR, ErrorCode.BAD_REQUEST, ErrorCode.UNAVAILABLE})
@@ -186,10 +188,12 @@ def parse_agent_reply(body: Any) -> tuple[int, bool, Any]:
 # are the only place that knows the format.
 
 
+@functools.lru_cache(maxsize=4096)  # every forward and heartbeat asks: the answer is always the same
 def routing_id(name: str, incarnation: int) -> bytes:
     return f"{name}#{incarnation}".encode()
 
 
+@functools.lru_cache(maxsize=4096)  # bounded: a peer making up ids only churns the cache
 def parse_routing_id(rid: bytes) -> tuple[str, int] | None:
     """(name, incarnation) of a routing id, or None when it is not one of ours."""
     name, sep, number = rid.decode(errors="replace").rpartition("#")

@@ -27,7 +27,7 @@ from sunsetd.timers import Timer, Timers
 IDLE_CHECK_INTERVAL_S = 1.0  # lazy agents idle too long are stopped on this beat
 LAZY_START = "first request"  # the reason given when a request starts a lazy agent
 LAST_REPLIES_CLEAN_S = 0.1  # a clean exit's last replies may still be in libzmq's buffers this long
-LAST_REPLIES_CRASH_S = 0.01  # and a crash's, whatever it managed to send just before
+LAST_REPLIES_CRASH_S = 0.002  # and a crash's: what it wrote before dying is read within a loop round
 RECHECK_S = 0.01  # a heartbeat verdict deferred while the loop has unread messages
 
 

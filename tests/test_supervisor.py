@@ -68,8 +68,8 @@ def test_transition_ready_to_starting_a_crash_is_restarted_at_once():
     assert h.spawner.names()[-1] == "Middle#2"  # at once, no backoff for a first failure
     assert h.moves("Middle")[-1] == "ready->starting"
     assert h.sup.slots["Middle"].lifecycle.restarts == 1
-    assert h.gone == [("Middle", 1, "killed by SIGKILL", 0.01)]
-    h.clock.advance(0.01)  # the grace for its last replies
+    assert h.gone == [("Middle", 1, "killed by SIGKILL", 0.002)]
+    h.clock.advance(0.002)  # the grace for its last replies
     assert h.codes() == ["agent_crashed"] and "Middle killed by SIGKILL" in h.replies[0].message
     h.hello("Middle")
     assert h.state("Middle") is State.READY and h.sup.incarnation("Middle") == 2
