@@ -92,7 +92,10 @@ class Controller:
         if name is None:
             return
         before = self.supervisor.incarnation(name)
-        self.supervisor.restart_agent(name)
+        refusal = self.supervisor.restart_agent(name)
+        if refusal is not None:
+            self.router.fail(p, ErrorCode.OVERLOADED, refusal)
+            return
         self._wait(p, name, lambda s: s.state is State.READY and self.supervisor.incarnation(s.name) > before)
 
     def handle_reload(self, p: Pending) -> None:
@@ -137,6 +140,10 @@ class Controller:
             self.router.answer(p, outcome.body())
 
     def _wait(self, p: Pending, name: str, done: Callable[[AgentSlot], bool], stopping: bool = False) -> None:
+        for agent, waiters in list(self._waiters.items()):  # those their deadline answered go now
+            waiters[:] = [w for w in waiters if self.book.is_pending(w.request.rid)]
+            if not waiters:
+                del self._waiters[agent]
         waiter = _Waiter(p, name, done, stopping)
         if not self._resolve(waiter):
             self._waiters.setdefault(name, []).append(waiter)

@@ -50,6 +50,7 @@ class _ReloadJob:
     stderr: deque = field(default_factory=lambda: deque(maxlen=3))
     errors: list[str] | None = None  # set once the check has ended
     timer: Timer | None = None
+    check: Any = None  # the child's process handle
 
 
 class Daemon:
@@ -165,9 +166,10 @@ class Daemon:
             return
         job = _ReloadJob(profile, on_applied)
         self._reload_jobs.append(job)
-        handle = self.spawner.spawn_helper("runcheck", runcheck.command(sys.executable, (a.run for a in profile.agents)),
-                                           lambda event: self._on_check_event(job, event))
-        job.timer = self.timers.call_later(runcheck.CHECK_TIMEOUT_S, handle.kill)
+        job.check = self.spawner.spawn_helper(
+            "runcheck", runcheck.command(sys.executable, (a.run for a in profile.agents)),
+            lambda event: self._on_check_event(job, event))
+        job.timer = self.timers.call_later(runcheck.CHECK_TIMEOUT_S, job.check.kill)
 
     def _on_check_event(self, job: _ReloadJob, event: ProcessEvent) -> None:
         if isinstance(event, Output):
@@ -180,6 +182,11 @@ class Daemon:
             self._apply_reloads()
 
     def _apply_reloads(self) -> None:
+        while self._reload_jobs and self.supervisor.stopping:  # a check that ended after the shutdown began
+            job = self._reload_jobs.popleft()
+            self.timers.cancel(job.timer)
+            if job.on_applied is not None:
+                job.on_applied(["sunsetd is shutting down"])
         while self._reload_jobs and self._reload_jobs[0].errors is not None:
             job = self._reload_jobs.popleft()
             if job.errors:
@@ -194,7 +201,7 @@ class Daemon:
                 job.on_applied(outcome)
 
     def _refuse_reload(self, job: _ReloadJob) -> None:
-        self.notifier.ready(self.status_text())
+        self._reloaded()
         logs.event(logs.DAEMON, "reload", f"refused: {len(job.errors)} error(s); running set untouched", "ERROR")
         for line in job.errors:
             logs.event(logs.DAEMON, "reload", line, "ERROR")
@@ -205,8 +212,13 @@ class Daemon:
         body = outcome.body()
         logs.event(logs.DAEMON, "reload", "done", rolled_back=",".join(body["rolled_back"]) or None,
                    superseded=",".join(body["superseded"]) or None)
-        self.notifier.ready(self.status_text())
+        self._reloaded()
         self.controller.on_reload_settled(outcome)
+
+    def _reloaded(self) -> None:
+        """READY=1 ends systemd's RELOADING=1; never after STOPPING=1."""
+        if not self.supervisor.stopping:
+            self.notifier.ready(self.status_text())
 
     def reload_outcome(self, number: int) -> ReloadOutcome | None:
         return self._reload_outcomes.get(number)
@@ -222,6 +234,10 @@ class Daemon:
         logs.event(logs.DAEMON, "shutdown", why, budget_s=f"{self.stop_budget_s:g}")
         self.router.execute(self.book.shutdown())
         self.supervisor.shutdown()
+        for job in self._reload_jobs:  # reloads still being checked are refused now, not applied later
+            if job.check is not None:
+                job.check.kill()
+        self._apply_reloads()
 
     # ---- life
     def run(self) -> int:

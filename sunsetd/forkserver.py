@@ -149,7 +149,12 @@ class ForkServer:
             handle, launch = self._waiting[0]
             self._seq += 1
             request = json.dumps({"seq": self._seq, "launch": launch.encode(), "title": launch.title}).encode()
-            outputs, write_ends = self.make_pipes()
+            try:
+                outputs, write_ends = self.make_pipes()
+            except OSError as exc:  # out of file descriptors: this start fails, the zygote is fine
+                self._waiting.popleft()
+                self.on_refused(handle, launch, f"cannot make its output pipes: {exc.strerror or exc}")
+                continue
             try:
                 self.sock.sendmsg([request], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", write_ends))])
             except BlockingIOError:

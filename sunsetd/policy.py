@@ -222,7 +222,10 @@ class Lifecycle:
         return []
 
     def spawn_failed(self, now: float, error: str) -> list[Action]:
-        """The process could not even be created (exec failed, out of pids, ...)."""
+        """The process could not even be created (exec failed, out of pids, ...). Asked to stop before
+        the failure was known, it is as if the process had exited: there is nothing left to wait for."""
+        if self.state is State.STOPPING:
+            return self.exited(now, f"spawn failed: {error}", clean_exit=False)
         if self.state is not State.STARTING:
             return []
         return self._after_failure(now, f"spawn failed: {error}", clean_exit=False)

@@ -44,6 +44,34 @@ def settle_budget_s(previous: AgentSpec, new: AgentSpec, running: bool) -> float
     return stop + new.start_timeout_s + SETTLE_SLACK_S
 
 
+def dependency_cycle(specs: Mapping[str, AgentSpec]) -> list[str] | None:
+    """A cycle among these definitions' depends_on (names not among them are ignored), or None."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(name: str) -> list[str] | None:
+        state[name] = 1
+        path.append(name)
+        for dep in specs[name].depends_on:
+            if dep not in specs or state.get(dep) == 2:
+                continue
+            if state.get(dep) == 1:
+                return path[path.index(dep):] + [dep]
+            found = visit(dep)
+            if found:
+                return found
+        path.pop()
+        state[name] = 2
+        return None
+
+    for name in specs:
+        if name not in state:
+            found = visit(name)
+            if found:
+                return found
+    return None
+
+
 class Verdict(enum.Enum):
     SETTLED = "ready"
     ROLL_BACK = "rolled back"

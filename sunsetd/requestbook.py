@@ -108,7 +108,13 @@ class _Agent:
     reachable: bool = True  # False once a forward found the ready incarnation's connection gone
     last_request_at: float = 0.0
     queue: deque[Pending] = field(default_factory=deque)
-    inflight: dict[int, Pending] = field(default_factory=dict)
+    inflight: dict[int, Pending] = field(default_factory=dict)  # to any incarnation, orphans included
+    orphans: int = 0  # of those, held by an incarnation that is gone (in their grace)
+
+    @property
+    def room(self) -> bool:
+        """The ready incarnation may take one more: what a dead one still holds does not count."""
+        return len(self.inflight) - self.orphans < self.view.max_inflight
 
 
 class RequestBook:
@@ -159,6 +165,7 @@ class RequestBook:
             p.lost = description
             if grace_s > 0:
                 p.orphaned_until = now + grace_s
+                agent.orphans += 1
                 heapq.heappush(self._heap, (p.orphaned_until, p.rid, _ORPHAN))
             else:
                 out += self._settle_orphan(agent, p)
@@ -183,8 +190,7 @@ class RequestBook:
         p.label = agent.name
         agent.last_request_at = now
         view = agent.view
-        if view.availability is Availability.READY and agent.reachable and not agent.queue \
-                and len(agent.inflight) < view.max_inflight:
+        if view.availability is Availability.READY and agent.reachable and not agent.queue and agent.room:
             return [self._forward(agent, p)]
         if self.stopping:
             # agents stop in reverse dependency order: one still ready still answers (a dependent's
@@ -212,6 +218,8 @@ class RequestBook:
             self.counters["stale_replies"] += 1  # not from the incarnation it was sent to
             return []
         del agent.inflight[rid]
+        if p.orphaned_until is not None:
+            agent.orphans -= 1  # a last reply that came within the grace
         out: list[Decision] = [self._reply(p, True, value) if ok else self._reply(p, False, None, *value)]
         if agent.queue:
             out += self._flush(agent)
@@ -229,12 +237,15 @@ class RequestBook:
             agent.reachable = False  # nothing more goes to it; the next incarnation's READY opens it again
         if agent.inflight.pop(p.rid, None) is None or p.rid not in self.pending:
             return []
-        if not peer_gone:
-            return [self._reply(p, False, None, ErrorCode.OVERLOADED, f"{agent.name}'s pipe is full")]
+        if not peer_gone:  # its place in flight is free again: what waits behind it tries in turn
+            return [self._reply(p, False, None, ErrorCode.OVERLOADED, f"{agent.name}'s pipe is full")] + \
+                self._flush(agent)
         if not agent.listed:
             out = [self._reply(p, False, None, ErrorCode.UNAVAILABLE, f"{agent.name} was removed from the profile")]
             self._collect(agent)
             return out
+        if self.stopping:  # nothing queues during a shutdown
+            return [self._reply(p, False, None, ErrorCode.SHUTTING_DOWN, SHUTTING_DOWN)]
         self._requeue(agent, p)
         return self._flush(agent)
 
@@ -275,12 +286,15 @@ class RequestBook:
             if kind == _ORPHAN:
                 if p.orphaned_until == when and agent is not None and rid in agent.inflight:
                     out += self._settle_orphan(agent, p)
+                    freed[agent.name] = agent
                 continue
             where = "waiting for the daemon" if p.label == CONTROL_TARGET else "queued"
             if agent is not None:
                 if agent.inflight.pop(rid, None) is not None:
                     where = "in flight"
                     freed[agent.name] = agent
+                    if p.orphaned_until is not None:
+                        agent.orphans -= 1
                 else:
                     try:
                         agent.queue.remove(p)
@@ -311,6 +325,7 @@ class RequestBook:
         for agent in self._agents.values():
             agent.queue.clear()
             agent.inflight.clear()
+            agent.orphans = 0
         return [self._reply(p, False, None, ErrorCode.SHUTTING_DOWN, SHUTTING_DOWN)
                 for p in list(self.pending.values())]
 
@@ -358,7 +373,7 @@ class RequestBook:
         if view.availability is not Availability.READY or not agent.reachable:
             return []
         out: list[Decision] = []
-        while agent.queue and len(agent.inflight) < view.max_inflight:
+        while agent.queue and agent.room:
             out.append(self._forward(agent, agent.queue.popleft()))
         return out
 
@@ -373,6 +388,8 @@ class RequestBook:
 
     def _settle_orphan(self, agent: _Agent, p: Pending) -> list[Decision]:
         del agent.inflight[p.rid]
+        if p.orphaned_until is not None:
+            agent.orphans -= 1
         if self.stopping:
             return [self._reply(p, False, None, ErrorCode.SHUTTING_DOWN, f"{SHUTTING_DOWN}; {agent.name} {p.lost}")]
         if p.retry and not p.retried and agent.listed and agent.view.availability in (
@@ -381,7 +398,7 @@ class RequestBook:
             self._requeue(agent, p)
             return self._flush(agent)
         return [self._reply(p, False, None, ErrorCode.AGENT_CRASHED,
-                            f"{agent.name} {p.lost} with the request in flight")]
+                            f"{agent.name} {p.lost} with the request in flight")] + self._flush(agent)
 
     def _fail_queue(self, agent: _Agent, code: ErrorCode, message: str) -> list[Decision]:
         out: list[Decision] = []

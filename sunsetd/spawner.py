@@ -137,11 +137,16 @@ class LineReader:
 def _pipes() -> tuple[dict[int, tuple[str, LineReader]], list[int]]:
     """Non-blocking read ends for stdout and stderr, and the write ends to hand to the child."""
     outputs, write_ends = {}, []
-    for stream in ("stdout", "stderr"):
-        r, w = os.pipe2(os.O_CLOEXEC)
-        os.set_blocking(r, False)
-        outputs[r] = (stream, LineReader(r))
-        write_ends.append(w)
+    try:
+        for stream in ("stdout", "stderr"):
+            r, w = os.pipe2(os.O_CLOEXEC)
+            outputs[r] = (stream, LineReader(r))
+            write_ends.append(w)
+            os.set_blocking(r, False)
+    except OSError:  # out of file descriptors: nothing half made stays open
+        for fd in list(outputs) + write_ends:
+            os.close(fd)
+        raise
     return outputs, write_ends
 
 
@@ -280,7 +285,13 @@ class LocalSpawner:
                    {**self.env, LAUNCH_ENV: launch.encode()})
 
     def _exec(self, handle: LocalHandle, argv: list[str], env: dict) -> None:
-        outputs, (out_w, err_w) = _pipes()
+        """Never raises: a process that cannot be made is a SpawnFailed event, like any other news."""
+        try:
+            outputs, (out_w, err_w) = _pipes()
+        except OSError as exc:
+            error = f"cannot make its output pipes: {exc.strerror or exc}"
+            self.timers.call_soon(lambda: self._failed(handle, error))
+            return
         parent = self.pid
         try:
             popen = subprocess.Popen(

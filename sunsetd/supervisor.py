@@ -19,7 +19,8 @@ from sunsetd import budget, health, logs
 from sunsetd.policy import Action, Kill, Lifecycle, Spawn, State, Terminate, Transition
 from sunsetd.profile import AgentSpec, Profile
 from sunsetd.protocol import Kind
-from sunsetd.reload import ReloadOutcome, ReloadPlan, RollBack, Settled, SettleWatch, settle_budget_s
+from sunsetd.reload import (ReloadOutcome, ReloadPlan, RollBack, Settled, SettleWatch, dependency_cycle,
+                            settle_budget_s)
 from sunsetd.requestbook import Availability, AgentView
 from sunsetd.spawner import Exited, Memory, Output, ProcessEvent, ProcessHandle, Spawner, SpawnFailed, Started
 from sunsetd.timers import Timer, Timers
@@ -208,8 +209,13 @@ class Supervisor:
         if reason == LAZY_START and not slot.lifecycle.running and slot.lazy_start_at is None:
             slot.lazy_start_at = self.timers.now()  # for the lazy-start duration metric
         self._want(slot)
-        if slot.state in (State.FAILED, State.BACKOFF, State.STOPPING):
-            self._apply(slot, slot.lifecycle.start(self.timers.now(), reason))
+        if slot.state is State.STOPPING:
+            self._apply(slot, slot.lifecycle.start(self.timers.now(), reason))  # again once it has exited
+        elif slot.state in (State.FAILED, State.BACKOFF):
+            if all(dep.state is State.READY for dep in slot.dependencies):
+                self._apply(slot, slot.lifecycle.start(self.timers.now(), reason))
+            else:  # stopped, and started by _maybe_start once what it depends on is ready
+                self._apply(slot, slot.lifecycle.stop(self.timers.now(), f"{reason}: waiting for its dependencies"))
         return None
 
     def stop_agent(self, name: str, reason: str = "operator stop") -> None:
@@ -217,12 +223,17 @@ class Supervisor:
         slot.wanted = False
         self._apply(slot, slot.lifecycle.stop(self.timers.now(), reason))
 
-    def restart_agent(self, name: str) -> None:
+    def restart_agent(self, name: str) -> str | None:
+        """A new incarnation, not counted as a failure; one not running starts as start_agent would.
+        Returns why it cannot, or None."""
         slot = self.slots[name]
         if self.stopping:
-            return
+            return "sunsetd is shutting down"
+        if slot.state not in (State.STARTING, State.READY):
+            return self.start_agent(name, "operator restart")
         slot.wanted = True
         self._apply(slot, slot.lifecycle.restart(self.timers.now(), "operator restart"))
+        return None
 
     def _unhealthy(self, slot: AgentSlot, reason: str) -> None:
         self._apply(slot, slot.lifecycle.unhealthy(self.timers.now(), reason))
@@ -296,7 +307,13 @@ class Supervisor:
         slot.hello = False
         slot.last_heard = self.timers.now()
         slot.rss = None
-        slot.handle = self.spawner.spawn(slot.spec, incarnation, self._on_process_event)
+        try:
+            slot.handle = self.spawner.spawn(slot.spec, incarnation, self._on_process_event)
+        except OSError as exc:  # spawners report failures as events; this is the belt to those braces
+            error = str(exc)
+            logs.event(slot.name, "spawn", f"failed: {error}", "ERROR", incarnation=incarnation)
+            slot.handle = None
+            self.timers.call_soon(lambda: self._apply(slot, slot.lifecycle.spawn_failed(self.timers.now(), error)))
 
     def _terminate(self, slot: AgentSlot) -> None:
         handle = slot.handle
@@ -380,14 +397,23 @@ class Supervisor:
         if slot is None or slot.handle is None or slot.handle.incarnation != incarnation:
             self.counters["stale_agent_messages"] += 1  # an older incarnation, or not one of ours
             return
+        handle = slot.handle
+        if kind is Kind.HELLO:
+            pid = body.get("pid") if isinstance(body, dict) else None
+            if handle.pid is not None and isinstance(pid, int) and pid != handle.pid:
+                # another process under this incarnation's id: a duplicate left by a lost zygote, or worse
+                self.counters["stale_agent_messages"] += 1
+                return
+        elif not slot.hello:
+            self.counters["stale_agent_messages"] += 1  # nothing counts before its HELLO
+            return
         now = self.timers.now()
         slot.last_heard = now
-        if kind is Kind.HELLO or kind is Kind.READY:
-            if not slot.hello:  # READY implies the agent is up even if its HELLO went missing
-                slot.hello = True
-                self._schedule_heartbeat(slot, now)
-            if kind is Kind.READY:
-                self._apply(slot, slot.lifecycle.ready(now))
+        if kind is Kind.HELLO and not slot.hello:
+            slot.hello = True
+            self._schedule_heartbeat(slot, now)
+        elif kind is Kind.READY:
+            self._apply(slot, slot.lifecycle.ready(now))
 
     def _schedule_heartbeat(self, slot: AgentSlot, now: float, delay: float | None = None) -> None:
         self.timers.cancel(slot.heartbeat_timer)
@@ -536,20 +562,37 @@ class Supervisor:
         self.timers.cancel(slot.reload_timer)
         slot.reload_timer = None
         if isinstance(verdict, RollBack):
-            logs.event(slot.name, "rollback", verdict.reason, "WARNING")
-            watch.outcome.done(slot.name, f"{verdict.verdict.value}: {verdict.reason}")
-            slot.lifecycle.redefine(watch.previous)
-            self._wire_dependencies()
-            self._publish(slot)
-            if slot.state in (State.FAILED, State.STOPPED):
-                # nothing of the new definition will run again by itself: start the previous one, outside
-                # the transition in progress, and not if a later reload removed it meanwhile. (Otherwise
-                # the restart already under way, at once, after a backoff or after the exit of a hung
-                # incarnation, starts the previous definition.)
-                self.timers.call_soon(lambda: None if slot.removed or self.stopping else self._restart_for_reload(slot))
+            self._roll_back(slot, watch, verdict)
         else:
             watch.outcome.done(slot.name, verdict.verdict.value)
         self._maybe_settled(watch.outcome)
+
+    def _roll_back(self, slot: AgentSlot, watch: SettleWatch, verdict: RollBack) -> None:
+        live = {name: s.spec for name, s in self.slots.items() if not s.removed}
+        live[slot.name] = watch.previous
+        cycle = dependency_cycle(live)
+        if cycle is not None:  # the other agents moved on: the old definition no longer fits among them
+            logs.event(slot.name, "rollback", f"refused: {verdict.reason}, but the previous definition would make "
+                       f"the dependency cycle {' -> '.join(cycle)}", "ERROR")
+            watch.outcome.done(slot.name, f"kept: {verdict.reason}; rolling back would make the dependency cycle "
+                                          f"{' -> '.join(cycle)}")
+            return
+        missing = [d for d in watch.previous.depends_on if d not in live]
+        logs.event(slot.name, "rollback", verdict.reason, "WARNING", missing=",".join(missing) or None)
+        watch.outcome.done(slot.name, f"{verdict.verdict.value}: {verdict.reason}" + (
+            f"; its dependencies {', '.join(missing)} are no longer in the profile" if missing else ""))
+        slot.lifecycle.redefine(watch.previous)
+        self._wire_dependencies()
+        self._publish(slot)
+        handle = slot.handle
+        runs_new = handle is not None and handle.incarnation > watch.after and slot.state in (State.STARTING,
+                                                                                              State.READY)
+        if runs_new or slot.state in (State.FAILED, State.STOPPED):
+            # a process of the new definition is still coming up, or nothing will start by itself: start
+            # the previous one, outside the transition in progress, and not if a later reload removed it
+            # meanwhile. (Otherwise the restart already under way, at once, after a backoff or after the
+            # exit of a hung incarnation, starts the previous definition.)
+            self.timers.call_soon(lambda: None if slot.removed or self.stopping else self._restart_for_reload(slot))
 
     def _supersede(self, slot: AgentSlot) -> None:
         """A newer reload takes over this agent: the earlier one's watch ends, reported as superseded."""

@@ -361,3 +361,16 @@ def test_redefine_gives_a_fresh_window_and_closes_the_circuit():
     assert lc.spec.run == "agents.testing:Fixed" and not lc.recent_restarts and lc.consecutive_failures == 0
     assert lc.state is State.FAILED  # the supervisor decides when it starts
     assert kinds(lc.start(3.0, "profile reload")) == [Transition, Spawn] and lc.circuit is Circuit.CLOSED
+
+
+def test_transition_stopping_to_stopped_when_the_spawn_fails_after_a_stop():
+    """Found in review: a stop asked for while the spawn was still under way, then the spawn failed:
+    the lifecycle waited for an exit that could never come, and stayed stopping for ever."""
+    lc = Lifecycle(spec())
+    lc.start(0.0)
+    lc.stop(0.1, "shutdown")
+    t = transition(lc.spawn_failed(0.2, "Too many open files"))
+    assert (t.old, t.new) == (State.STOPPING, State.STOPPED) and lc.next_deadline() is None
+    lc.start(1.0)
+    lc.restart(1.1)  # an operator restart asked for meanwhile starts it again
+    assert kinds(lc.spawn_failed(1.2, "ENOMEM")) == [Transition, Spawn] and lc.state is State.STARTING

@@ -330,10 +330,17 @@ class Model:
                 self.controls.append(rid)
         for name, (max_inflight, max_queue) in self.limits.items():
             inflight, queued = self.book.load(name)
-            assert inflight <= max_inflight, f"{name}: {inflight} in flight over max_inflight={max_inflight}"
+            agent = self.book._agents.get(name)
+            live = inflight - (agent.orphans if agent is not None else 0)  # not counting what dead ones hold
+            assert live <= max_inflight, f"{name}: {live} in flight over max_inflight={max_inflight}"
             # a request may go back to the queue it came from (a retry, a send that failed): never more
             # than what was in flight on top of the bound
             assert queued <= max_queue + max_inflight, f"{name}: {queued} queued over the bound"
+            if agent is not None:
+                assert 0 <= agent.orphans <= inflight
+                # nothing waits that could go: a ready, reachable agent with room has an empty queue
+                if agent.view.availability is READY and agent.reachable and agent.room and not self.book.stopping:
+                    assert not agent.queue, f"{name}: {len(agent.queue)} queued while it has room"
 
     def forward(self, d: Forward, made_by: int) -> None:
         rid, agent, peer = d.request.rid, d.request.to, (d.request.to, d.incarnation)

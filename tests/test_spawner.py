@@ -176,3 +176,41 @@ def test_a_dead_zygote_is_replaced_and_what_it_had_not_forked_starts_by_exec():
     finally:
         w.spawner.close()
         os.rmdir(runtime_dir)
+
+
+OUT_OF_FDS = """
+import os, resource, sys, tempfile
+from pathlib import Path
+from sunsetd.loop import EventLoop
+from sunsetd.spawner import ExecSpawner, SpawnFailed
+from sunsetd.timers import Timers
+timers = Timers()
+spawner = ExecSpawner(Path(tempfile.mkdtemp(prefix="sd-", dir="/tmp")), EventLoop(timers), timers)
+resource.setrlimit(resource.RLIMIT_NOFILE, (64, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+held = []
+try:
+    while True:
+        held.append(os.open("/dev/null", os.O_RDONLY))
+except OSError:
+    pass
+for fd in held[-2:]:  # room for one pipe, not two
+    os.close(fd)
+before = len(os.listdir("/proc/self/fd"))
+events = []
+spawner.spawn_helper("helper", ["true"], events.append)  # must not raise
+timers.run_due()
+after = len(os.listdir("/proc/self/fd"))
+print(type(events[0]).__name__, before - after, events[0].error)
+os.rmdir(spawner.runtime_dir)
+"""
+
+
+def test_out_of_file_descriptors_is_a_failed_spawn_and_leaks_nothing():
+    """Found in review: EMFILE made spawn() raise through the supervisor (out of a timer callback that
+    would end the daemon), and the first of the two pipes leaked."""
+    import subprocess
+
+    done = subprocess.run([sys.executable, "-c", OUT_OF_FDS], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    kind, leaked, error = done.stdout.split(" ", 2)
+    assert kind == "SpawnFailed" and leaked == "0" and "Too many open files" in error

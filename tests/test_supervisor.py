@@ -321,8 +321,8 @@ def test_output_lines_are_logged_even_after_the_incarnation_is_gone():
 
 def reload(h: Harness, new) -> dict:
     current = {name: slot.spec for name, slot in h.sup.slots.items() if not slot.removed}
-    outcome = h.sup.reload(plan(current, new), h.settled.append)
-    return outcome.body()
+    h.outcome = h.sup.reload(plan(current, new), h.settled.append)
+    return h.outcome.body()
 
 
 def test_reload_diff_starts_added_stops_removed_and_restarts_changed():
@@ -419,3 +419,96 @@ def test_health_names_every_essential_agent_not_ready():
     assert h.sup.healthy() == (True, [])
     h.sup.stop_agent("Top")
     assert h.sup.healthy() == (False, ["Top"]) and h.sup.daemon_state() is DaemonState.RUNNING
+
+
+# ---- found in review ---------------------------------------------------------------------------------------
+
+def test_what_a_dead_incarnation_still_holds_does_not_take_the_room_of_the_next_one():
+    """Found in review: the requests of an incarnation gone by a clean exit counted against max_inflight
+    for its successor during their grace, and when the grace ended nothing flushed the queue: a ready,
+    idle agent answered every later request `timeout`."""
+    h = up(profile(spec("A", max_inflight=1)))
+    h.request("A", cid="held")
+    h.spawner.latest("A").exit(0)  # restart=always: a new incarnation at once
+    h.hello("A")
+    h.request("A", cid="next")
+    assert [f.request.client_id for f in h.forwards] == ["held", "next"]  # not queued behind the orphan
+    h.clock.advance(0.2)
+    h.reply(h.forwards[-1])
+    h.request("A", cid="later")
+    assert h.codes() == ["agent_crashed", "ok"] and h.forwards[-1].request.client_id == "later"
+
+
+def test_transition_stopping_to_stopped_when_a_spawn_fails_after_a_stop():
+    """Found in review: shutdown while a spawn had not answered, then the spawn failed: the agent stayed
+    stopping for ever and the daemon waited out its whole stop budget."""
+    h = Harness(profile(spec("A"))).start()
+    h.sup.shutdown()
+    h.spawner.latest("A").fail_to_spawn("Too many open files")
+    assert h.state("A") is State.STOPPED and h.sup.all_stopped
+
+
+def test_a_hello_from_another_process_under_an_incarnations_id_is_ignored():
+    """Found in review: a duplicate of an incarnation (a spawn a lost zygote had forked after all) could
+    answer HELLO and READY for the real one."""
+    h = Harness(profile(spec("A"))).start()
+    real = h.spawner.latest("A").start()
+    h.sup.on_agent_message("A", 1, Kind.HELLO, {"pid": real.pid + 1000})
+    h.sup.on_agent_message("A", 1, Kind.READY, None)
+    assert h.state("A") is State.STARTING and h.sup.counters["stale_agent_messages"] == 2
+    h.sup.on_agent_message("A", 1, Kind.HELLO, {"pid": real.pid})
+    h.sup.on_agent_message("A", 1, Kind.READY, None)
+    assert h.state("A") is State.READY
+
+
+def test_a_rollback_at_its_deadline_restarts_a_new_definition_still_starting():
+    """Found in review: the deadline fired while the new definition was still starting (it had waited for
+    a slow new dependency): the slot went back to the old definition but the new process came up."""
+    h = up(profile(spec("A")))
+    reload(h, profile(spec("Dep", start_timeout_s=10.0), spec("A", depends_on=("Dep",), config={"v": 2})))
+    h.spawner.latest("A").exit(0)
+    h.hello("Dep", ready=False)
+    h.live(6.5)  # Dep takes 6.5 s to come up
+    h.sup.on_agent_message("Dep", 1, Kind.READY, None)
+    h.hello("A", ready=False)  # A's new definition starts...
+    h.live(2.0)  # ...and the 8 s budget (2 + 5 + 1) runs out while it is still starting
+    assert h.settled and h.settled[0].body()["rolled_back"] == ["A"]
+    h.clock.advance(0.0)
+    new_def = h.spawner.latest("A")
+    assert new_def.spec.config == {"v": 2} and new_def.signals == ["TERM"]
+    new_def.exit(0)
+    h.bring_up()
+    assert h.state("A") is State.READY and h.spawner.latest("A").spec.config == {}
+
+
+def test_a_rollback_that_would_make_a_dependency_cycle_keeps_the_new_definition():
+    """Found in review: B depended on A and a reload turned it round; rolling back only A made a live
+    cycle, and then neither agent ever stopped."""
+    h = up(profile(spec("B"), spec("A", depends_on=("B",))))
+    reload(h, profile(spec("A", config={"v": 2}), spec("B", depends_on=("A",))))
+    h.spawner.latest("A").exit(0)
+    for _ in range(3):
+        for name in ("A", "B"):
+            handle = h.spawner.latest(name)
+            if "TERM" in handle.signals and not handle.exited:
+                handle.exit(0)
+        h.clock.advance(0.01)
+    h.spawner.latest("A").start().exit(1)  # A's new definition crashes while starting
+    outcome = h.outcome.outcomes["A"]
+    assert outcome.startswith("kept:") and "dependency cycle" in outcome
+    assert h.sup.slots["A"].spec.depends_on == ()
+
+
+def test_an_operator_start_of_an_agent_in_backoff_waits_for_its_dependencies():
+    h = up()
+    h.sup.stop_agent("Top")
+    h.spawner.latest("Top").exit(0)
+    h.spawner.latest("Middle").exit(1)
+    h.spawner.latest("Middle").start().exit(1)  # a second quick failure: backoff
+    assert h.state("Middle") is State.BACKOFF
+    h.spawner.latest("Base").exit(-9)  # and what it depends on is restarting
+    spawned = len(h.spawner.spawned)
+    assert h.sup.start_agent("Middle") is None
+    assert len(h.spawner.spawned) == spawned and h.state("Middle") is State.STOPPED  # not before Base is ready
+    h.hello("Base")
+    assert h.spawner.latest("Middle").incarnation == 3 and h.state("Middle") is State.STARTING
