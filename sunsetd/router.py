@@ -28,7 +28,7 @@ NOBLOCK = int(zmq.NOBLOCK)  # a plain int: pyzmq spends more on its flag enums t
 FRONT_SNDHWM = 10_000  # replies buffered for a client that reads slowly, before they count as undeliverable
 
 
-def _router_socket(ctx: zmq.Context, path: Path) -> zmq.Socket:
+def _router_socket(ctx: zmq.Context, runtime_dir: Path, name: str) -> zmq.Socket:
     sock = ctx.socket(zmq.ROUTER)
     # Without ROUTER_MANDATORY a message to a gone or full peer vanishes silently; with it we learn
     # EHOSTUNREACH or EAGAIN and the book decides what the request gets.
@@ -36,8 +36,8 @@ def _router_socket(ctx: zmq.Context, path: Path) -> zmq.Socket:
     sock.setsockopt(zmq.MAXMSGSIZE, protocol.HARD_FRAME_BYTES)
     sock.setsockopt(zmq.LINGER, 100)
     sock.setsockopt(zmq.SNDHWM, FRONT_SNDHWM)
-    sock.bind(f"ipc://{path}")
-    os.chmod(path, 0o600)
+    sock.bind(rundir.endpoint(runtime_dir, name))
+    os.chmod(runtime_dir / name, 0o600)
     return sock
 
 
@@ -45,8 +45,8 @@ class Router:
     def __init__(self, ctx: zmq.Context, runtime_dir: Path, book: RequestBook, timers: Timers):
         self.book = book
         self.timers = timers
-        self.front = _router_socket(ctx, runtime_dir / rundir.FRONT_SOCKET)
-        self.agents = _router_socket(ctx, runtime_dir / rundir.AGENTS_SOCKET)
+        self.front = _router_socket(ctx, runtime_dir, rundir.FRONT_SOCKET)
+        self.agents = _router_socket(ctx, runtime_dir, rundir.AGENTS_SOCKET)
         self.replies: Counter[str] = Counter()  # "ok" or error code -> replies sent
         self.counters: Counter[str] = Counter()  # bad frames, unknown peers, undeliverable replies, ...
         # where the decisions that are not the router's own go (set by the daemon)

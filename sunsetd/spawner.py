@@ -28,7 +28,7 @@ import psutil
 from sunsetd import logs, rundir
 from sunsetd.forkserver import ForkServer, become_subreaper, child_env, die_with_parent
 from sunsetd.profile import AgentSpec
-from sunsetd.protocol import LAUNCH_ENV, Launch
+from sunsetd.protocol import LAUNCH_ENV, Launch, routing_id
 from sunsetd.timers import Timer, Timers
 
 MAX_LINE = 16 * 1024  # a longer line is cut, so one agent cannot make the daemon buffer without bound
@@ -187,7 +187,7 @@ class LocalHandle:
         self._early_signals: list[int] = []
 
     def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.name}#{self.incarnation} pid={self.pid}>"
+        return f"<{type(self).__name__} {routing_id(self.name, self.incarnation).decode()} pid={self.pid}>"
 
     def _signal(self, sig: int) -> None:
         if self.reaped:

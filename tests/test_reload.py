@@ -35,6 +35,15 @@ def reload(d) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=60, cwd=REPO)
 
 
+def timed_reload(d) -> tuple[dict, float]:
+    """`sunsetctl reload` that must succeed: its outcome, and how long the operator waited for it."""
+    t0 = time.monotonic()
+    result = reload(d)
+    elapsed = time.monotonic() - t0
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout), elapsed
+
+
 @pytest.fixture
 def profile_file(tmp_path):
     path = tmp_path / "reloadable.yaml"
@@ -191,11 +200,7 @@ def test_a_failed_agent_fixed_by_a_reload_starts_at_once_with_a_closed_circuit(s
     d = start_daemon(path)  # degraded: X crashes at start until its circuit opens
     d.wait_agent("X", lambda a: a["state"] == "failed", what="the circuit open")
     path.write_text(broken.replace("agents.testing:CrashAtStart", "agents.testing:Echo"))
-    t0 = time.monotonic()
-    result = reload(d)
-    elapsed = time.monotonic() - t0
-    assert result.returncode == 0, result.stderr
-    outcome = json.loads(result.stdout)
+    outcome, elapsed = timed_reload(d)
     assert outcome["changed"] == ["X"] and outcome["rolled_back"] == [] and outcome["outcomes"] == {"X": "ready"}
     assert elapsed < 5.0  # at once, not at the end of a settle budget
     x = d.agent("X")
@@ -209,11 +214,7 @@ def test_sunsetctl_reload_waits_as_long_as_the_daemon_says_and_reports_the_rollb
     watch lasted 16 s, so the operator never saw what was rolled back."""
     d = start_daemon(profile_file)
     profile_file.write_text(PROFILE.replace("config: {version: 1}", "config: {version: 2, setup_s: 60}, start_timeout_s: 12"))
-    t0 = time.monotonic()
-    result = reload(d)
-    elapsed = time.monotonic() - t0
-    assert result.returncode == 0, result.stderr
-    outcome = json.loads(result.stdout)
+    outcome, elapsed = timed_reload(d)
     assert outcome["settled"] is True and outcome["rolled_back"] == ["B"]
     assert outcome["outcomes"]["B"].startswith("rolled back: new spec did not become ready: not ready within "
                                                "start_timeout_s=12")

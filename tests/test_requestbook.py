@@ -445,7 +445,7 @@ def check_sequence(limits: dict[str, tuple[int, int]], events: list[tuple]) -> N
     assert all(model.replies[rid] == 1 for rid in model.accepted)
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(limits=limits, events=events)
 def test_exactly_one_reply_per_accepted_request_over_random_event_sequences(limits, events):
     """Hypothesis shrinks a failure to the shortest sequence that shows it."""
@@ -491,7 +491,7 @@ def test_exactly_one_reply_per_accepted_request_over_thousands_of_seeded_sequenc
             raise AssertionError(f"seed {seed}: {exc}\nlimits={limits_}\nevents={events_}") from None
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(limits=limits, events=events)
 def test_closing_the_book_answers_everything_still_pending(limits, events):
     model = Model(limits)
