@@ -132,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
 
 # ---- sunsetd -------------------------------------------------------------------------------------------
 
-EXIT_OK, EXIT_RUNTIME, EXIT_PROFILE = 0, 1, 2
+EXIT_RUNTIME = 1  # sunsetd: the runtime directory is unusable, or another daemon runs on it
+EXIT_PROFILE = 2  # sunsetd: the profile has errors
 
 
 def build_daemon_parser() -> argparse.ArgumentParser:

@@ -11,15 +11,13 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
+from sunsetd import health
 from sunsetd.policy import State, Transition
 from sunsetd.protocol import ControlOp, ErrorCode
 from sunsetd.reload import ReloadOutcome
 from sunsetd.requestbook import Pending, RequestBook
 from sunsetd.router import Router
 from sunsetd.supervisor import AgentSlot, Supervisor
-
-RELOAD_WAIT_SLACK_S = 5.0  # what sunsetctl adds to a reload's settle time when it waits for the outcome
-
 
 class Daemon(Protocol):
     """What the control ops need from the daemon around them."""
@@ -171,8 +169,10 @@ class Controller:
         status = self.supervisor.agent_status(name, now, fresh_rss)
         inflight, queued = self.book.load(name)
         status["inflight"], status["queued"] = inflight, queued
-        idle = status["lazy"] and status["state"] == State.READY.value and not inflight and not queued
-        status["idle_s"] = round(now - max(self.book.last_request_at(name), self._ready_since(name)), 3) \
+        ready_since = self.supervisor.slots[name].lifecycle.ready_since
+        idle = status["lazy"] and ready_since is not None and status["state"] == State.READY.value \
+            and not inflight and not queued
+        status["idle_s"] = round(health.idle_for(now, self.book.last_request_at(name), ready_since), 3) \
             if idle else None
         return status
 
@@ -209,10 +209,6 @@ class Controller:
 
     def _unknown(self, p: Pending, name: str) -> None:
         self.router.fail(p, ErrorCode.UNKNOWN_AGENT, f"no agent {name!r} in profile {self.supervisor.profile.name}")
-
-    def _ready_since(self, name: str) -> float:
-        slot = self.supervisor.slots[name]
-        return slot.lifecycle.ready_since or 0.0
 
     def _brief(self, slot: AgentSlot) -> dict:
         handle = slot.handle

@@ -20,6 +20,7 @@ from typing import Any, Callable
 import zmq
 
 from sunsetd import logs, reload, rundir, runcheck
+from sunsetd.cli import EXIT_OK, EXIT_RUNTIME
 from sunsetd.control import Controller
 from sunsetd.forkserver import ForkServer
 from sunsetd.loop import EventLoop
@@ -29,14 +30,12 @@ from sunsetd.profile import Profile, ProfileError, load_profile
 from sunsetd.reload import ReloadOutcome
 from sunsetd.requestbook import AgentView, RequestBook
 from sunsetd.router import Router
-from sunsetd.spawner import ExecSpawner, Exited, ForkSpawner, LocalSpawner, Output, ProcessEvent, SpawnFailed
+from sunsetd.spawner import (ExecSpawner, Exited, ForkSpawner, LocalHandle, LocalSpawner, Output, ProcessEvent,
+                             SpawnFailed)
 from sunsetd.supervisor import LAZY_START, Supervisor
 from sunsetd.systemd import Notifier
 from sunsetd.timers import Timer, Timers
 
-EXIT_OK = 0
-EXIT_RUNTIME = 1  # runtime directory unusable, another daemon running
-EXIT_PROFILE = 2  # the profile has errors
 KEPT_RELOADS = 16  # outcomes kept for `reload_wait`
 
 
@@ -50,7 +49,7 @@ class _ReloadJob:
     stderr: deque = field(default_factory=lambda: deque(maxlen=3))
     errors: list[str] | None = None  # set once the check has ended
     timer: Timer | None = None
-    check: Any = None  # the child's process handle
+    check: LocalHandle | None = None  # the checking child
 
 
 class Daemon:

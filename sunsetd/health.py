@@ -61,13 +61,18 @@ class IdleFacts:
     dependents_running: bool
 
 
+def idle_for(now: float, last_request_at: float, ready_since: float) -> float:
+    """Idle time counts from the later of an agent's last request and its becoming ready."""
+    return now - max(last_request_at, ready_since)
+
+
 def idle_verdict(now: float, facts: IdleFacts) -> str | None:
-    """Why a lazy agent should stop now (idle long enough), or None. Idle time counts from the later of
-    its last request and its becoming ready, and an agent something running depends on stays."""
+    """Why a lazy agent should stop now (idle long enough), or None. An agent something running
+    depends on stays."""
     if not facts.lazy or not facts.wanted or facts.ready_since is None or facts.busy or facts.dependents_running:
         return None
-    idle_for = now - max(facts.last_request_at, facts.ready_since)
-    return f"idle for {idle_for:.0f}s" if idle_for >= facts.idle_timeout_s else None
+    idle = idle_for(now, facts.last_request_at, facts.ready_since)
+    return f"idle for {idle:.0f}s" if idle >= facts.idle_timeout_s else None
 
 
 @dataclass(frozen=True, slots=True)

@@ -64,7 +64,6 @@ class AgentSlot:
     hello: bool = False
     last_heard: float = 0.0
     heartbeat_misses: int = 0
-    rss: int | None = None  # bytes, from the spawner's samples
     lazy_start_at: float | None = None  # when a request started this lazy agent, until it is ready
     deadline_timer: Timer | None = None
     heartbeat_timer: Timer | None = None
@@ -306,7 +305,6 @@ class Supervisor:
         incarnation = self.incarnations[slot.name] = self.incarnation(slot.name) + 1
         slot.hello = False
         slot.last_heard = self.timers.now()
-        slot.rss = None
         try:
             slot.handle = self.spawner.spawn(slot.spec, incarnation, self._on_process_event)
         except OSError as exc:  # spawners report failures as events; this is the belt to those braces
@@ -360,7 +358,6 @@ class Supervisor:
         elif isinstance(event, Started):
             logs.event(slot.name, "spawn", incarnation=handle.incarnation, pid=handle.pid)
         elif isinstance(event, Memory):
-            slot.rss = event.rss
             over = health.memory_verdict(event.rss, slot.spec.max_rss_mb)
             if over is not None and slot.state is State.READY:
                 self._unhealthy(slot, over)
@@ -375,7 +372,6 @@ class Supervisor:
         now = self.timers.now()
         slot.handle = None
         slot.hello = False
-        slot.rss = None
         self.timers.cancel(slot.heartbeat_timer)
         slot.heartbeat_timer = None
         asked = slot.state is State.STOPPING
@@ -457,9 +453,10 @@ class Supervisor:
         """Memory an agent counts against the budget: observed RSS, or its declared size while starting."""
         if not slot.lifecycle.running:
             return 0.0
-        if slot.state is State.STARTING or slot.rss is None:
+        rss = slot.handle.memory() if slot.handle is not None else None  # the spawner's latest sample
+        if slot.state is State.STARTING or rss is None:
             return float(slot.spec.memory_mb)
-        return slot.rss / health.MB
+        return rss / health.MB
 
     def _make_room(self, slot: AgentSlot) -> str | None:
         agents = {s.name: budget.BudgetAgent(
