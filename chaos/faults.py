@@ -231,8 +231,10 @@ class Chaos:
                     answered.add(record.agent)
                     if answered == names:
                         fault.recovered = record.replied
-        if fault.recovered is not None and fault.restarted is None:
-            fault.restarted = fault.recovered  # ready and answering within one poll interval
+        if fault.recovered is not None and (fault.restarted is None or fault.restarted > fault.recovered):
+            # A correct reply from the new incarnation proves it ready: status polls may have seen that
+            # only a poll later than the reply (or, within one poll interval, not at all).
+            fault.restarted = fault.recovered
         if fault.detected is None and fault.restarted is not None:
             fault.detected = fault.restarted
 
@@ -305,7 +307,7 @@ def cascade(chaos: Chaos, round_no: int) -> Fault:
                 and all(chaos.may_kill(member) for member in with_dependents(name))]
 
     root = chaos.rng.choice(chaos.wait_for(groups))
-    group = sorted(with_dependents(root))
+    group = [root] + sorted(with_dependents(root) - {root})  # the root first: the plot names the fault by it
     fault = Fault("cascade", round_no, group, chaos.ledger.now(), chaos.sla_ms["cascade"])
     for name in group:
         os.kill(running[name]["pid"], signal.SIGKILL)

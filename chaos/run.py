@@ -6,8 +6,12 @@ every request accounted for.
     python chaos/run.py --scenario kill,freeze --rounds 5 --seed 7 --json run.json --plot run.png
     python chaos/run.py --runtime-dir /run/sunsetd       # attach to a running daemon (no daemon kills)
 
-Exit status 1 if any request was lost, answered twice or answered wrongly, or any fault was not
-recovered within its SLA; 2 for usage errors; else 0.
+Any `python` will do: without sunsetd's dependencies it runs itself again under the project's .venv.
+
+Exit status: 0 if every request got exactly one right reply and every fault recovered within its SLA;
+1 if a request was lost, answered twice or answered wrongly, a fault was not recovered within its SLA,
+or the daemon under test failed to start, stop or clean up; 2 for usage errors (bad arguments, an
+unknown profile, --plot without matplotlib) and when sunsetd's dependencies cannot be imported.
 """
 from __future__ import annotations
 
@@ -20,19 +24,63 @@ import tempfile
 import time
 from pathlib import Path
 
-import zmq
-
 HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+VENV = REPO / ".venv"
+# Set in the environment of the process this script re-execs under VENV: if that one cannot import the
+# dependencies either, it says so instead of exec'ing again (and again).
+REEXEC_MARK = "SUNSETD_CHAOS_REEXECED"
+EXIT_USAGE = 2
+
 sys.path.insert(0, str(HERE))
 
-from faults import CHAOS_AGENTS, INJECTORS, SCENARIOS, SETTLE_S, SLA_MS, Chaos, DaemonUnderTest, Fault  # noqa: E402
-from load import Ledger, LoadClient, Target  # noqa: E402
-from report import account, plot, scenario_rows, table, write_json  # noqa: E402
 
-from sunsetd.profile import ProfileError, find_profile  # noqa: E402
-from sunsetd.rundir import processes_using  # noqa: E402
+def _in_venv() -> bool:
+    # sys.prefix, not sys.executable: .venv/bin/python is a symlink to the base interpreter, which
+    # resolves to the same file but runs without the venv's site-packages.
+    return Path(sys.prefix).resolve() == VENV.resolve()
+
+
+def _in_repo(path: str) -> str:
+    """`path` (relative to the repository) as the user should type it from where they are."""
+    return path if Path.cwd().resolve() == REPO else str(REPO / path)
+
+
+def _without_dependencies(exc: ImportError) -> None:
+    """The same command again under the project's .venv if there is one to try; else one line saying
+    what to run, and exit 2 (a traceback would bury the one thing to do)."""
+    python = VENV / "bin" / "python"
+    if not os.environ.get(REEXEC_MARK) and not _in_venv() and os.access(python, os.X_OK):
+        os.environ[REEXEC_MARK] = sys.executable
+        try:
+            os.execv(python, [str(python), *sys.argv])
+        except OSError:
+            pass  # a broken .venv: say what to run, as if it were not there
+    make = "make compile" if Path.cwd().resolve() == REPO else f"make -C {REPO} compile"
+    print(f"chaos/run.py: needs sunsetd's dependencies ({exc}, under {sys.executable}); run `{make}` "
+          f"(creates .venv) and then `{_in_repo('.venv/bin/python')} {_in_repo('chaos/run.py')}`",
+          file=sys.stderr)
+    sys.exit(EXIT_USAGE)
+
+
+try:
+    import zmq
+
+    from faults import CHAOS_AGENTS, INJECTORS, SCENARIOS, SETTLE_S, SLA_MS, Chaos, DaemonUnderTest, Fault
+    from load import Ledger, LoadClient, Target
+    from report import account, plot, scenario_rows, table, write_json
+
+    from sunsetd.profile import ProfileError, find_profile
+    from sunsetd.rundir import processes_using
+except ImportError as exc:
+    _without_dependencies(exc)
+os.environ.pop(REEXEC_MARK, None)  # imported: the daemon and agents this run starts need not see it
 
 NEEDS = {"crashloop": "ChaosFlaky", "memory": "ChaosHog", "flood": "ChaosEcho"}
+
+
+class UsageError(Exception):
+    """A bad argument: exit 2 with one line, not 1, which means the daemon failed the run."""
 
 
 def per_scenario(values: list[str], default: dict[str, float], what: str) -> dict[str, float]:
@@ -43,13 +91,13 @@ def per_scenario(values: list[str], default: dict[str, float], what: str) -> dic
         try:
             n = float(number)
         except ValueError:
-            raise SystemExit(f"chaos: {what} must be N or SCENARIO=N, got {value!r}") from None
+            raise UsageError(f"{what} must be N or SCENARIO=N, got {value!r}") from None
         if not sep:
             out = {k: n for k in out}
         elif name in out:
             out[name] = n
         else:
-            raise SystemExit(f"chaos: {what}: unknown scenario {name!r} (one of {', '.join(SCENARIOS)})")
+            raise UsageError(f"{what}: unknown scenario {name!r} (one of {', '.join(SCENARIOS)})")
     return out
 
 
@@ -57,7 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="chaos/run.py", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="SLA defaults (ms, injection to first correct reply; crashloop from healing): "
-                                       + ", ".join(f"{k} {v:g}" for k, v in SLA_MS.items()))
+                                       + ", ".join(f"{k} {v:g}" for k, v in SLA_MS.items())
+                                       + ".\n\n" + __doc__[__doc__.index("Exit status"):].strip())
     p.add_argument("--profile", default="core", help="profile for the harness's own daemon (default core)")
     p.add_argument("--runtime-dir", help="attach to the daemon running there instead of starting one")
     p.add_argument("--clients", type=int, default=4, help="concurrent load clients (default 4)")
@@ -69,37 +118,60 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=1, help="seed of the fault schedule and the load (default 1)")
     p.add_argument("--timeout-ms", type=int, default=3000, help="deadline of each load request (default 3000)")
     p.add_argument("--json", type=Path, help="write every event (faults and requests) here")
-    p.add_argument("--plot", type=Path, help="write a PNG timeline of latency with the faults marked")
+    p.add_argument("--plot", type=Path, help="write a PNG: latency timeline with each fault's phases, and "
+                                             "recovery against the SLA per scenario (needs matplotlib)")
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def check_arguments(args: argparse.Namespace) -> tuple[list[str], dict[str, int], dict[str, float], Path | None]:
+    """(scenarios, rounds, sla_ms, base profile or None when attaching); UsageError for a bad argument."""
     scenarios = list(SCENARIOS) if args.scenario == "all" else [s.strip() for s in args.scenario.split(",")]
     unknown = [s for s in scenarios if s not in SCENARIOS]
     if unknown:
-        raise SystemExit(f"chaos: unknown scenario {unknown[0]!r} (one of {', '.join(SCENARIOS)}, or all)")
-    rounds = {k: int(v) for k, v in per_scenario(args.rounds, {s: 3 for s in SCENARIOS}, "--rounds").items()}
+        raise UsageError(f"unknown scenario {unknown[0]!r} (one of {', '.join(SCENARIOS)}, or all)")
+    rounds = per_scenario(args.rounds, {s: 3 for s in SCENARIOS}, "--rounds")
+    bad = [f"{k}={v:g}" for k, v in rounds.items() if v < 0 or v != int(v)]
+    if bad:
+        raise UsageError(f"--rounds must be a whole number, 0 or more: {bad[0]}")
     sla_ms = per_scenario(args.sla_ms, SLA_MS, "--sla-ms")
+    bad = [f"{k}={v:g}" for k, v in sla_ms.items() if not v > 0]
+    if bad:
+        raise UsageError(f"--sla-ms must be more than 0: {bad[0]}")
+    for name, value in (("--clients", args.clients), ("--rate", args.rate), ("--timeout-ms", args.timeout_ms)):
+        if not value > 0:
+            raise UsageError(f"{name} must be more than 0, got {value:g}")
     if args.plot is not None:  # say so now, not after a long run
         try:
             import matplotlib  # noqa: F401
         except ImportError:
-            raise SystemExit("chaos: --plot needs matplotlib, an optional extra: pip install 'sunsetd[chaos]' "
-                             "(or: pip install matplotlib)") from None
+            pip = (f"{_in_repo('.venv/bin/pip')} install -e '{_in_repo('.')}[chaos]'" if _in_venv()
+                   else f"{sys.executable} -m pip install matplotlib")
+            raise UsageError(f"--plot needs matplotlib, an optional extra: run `{pip}`") from None
+    base = None
+    if not args.runtime_dir:
+        try:
+            base = find_profile(args.profile).resolve()
+        except ProfileError as exc:
+            raise UsageError(f"--profile: {exc.errors[0]}") from None
+    return scenarios, {k: int(v) for k, v in rounds.items()}, sla_ms, base
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        scenarios, rounds, sla_ms, base = check_arguments(args)
+    except UsageError as exc:
+        parser.error(str(exc))  # the usage line and this one, exit 2
 
     say = lambda text: print(text, flush=True)  # noqa: E731
     rng = random.Random(args.seed)
     workdir = None
     daemon = None
     arm_file = None
-    if args.runtime_dir:
+    if base is None:
         runtime_dir = Path(args.runtime_dir)
     else:
-        try:
-            base = find_profile(args.profile).resolve()
-        except ProfileError as exc:
-            raise SystemExit(f"chaos: {exc.errors[0]}") from None
         workdir = Path(tempfile.mkdtemp(prefix="sdc-", dir="/tmp"))
         runtime_dir = workdir / "run"
         arm_file = workdir / "flaky.armed"
@@ -120,7 +192,8 @@ def main(argv: list[str] | None = None) -> int:
         chaos = Chaos(runtime_dir, ledger, rng, sla_ms, daemon, arm_file, args.clients, args.rate,
                       args.timeout_ms / 1000, context, say)
         if not chaos.wait_all_ready(120):
-            raise SystemExit(f"chaos: sunsetd on {runtime_dir} did not get ready" +
+            exit_code = 1  # and keep the workdir: the message points at the daemon's log in it
+            raise SystemExit(f"chaos/run.py: sunsetd on {runtime_dir} did not get ready" +
                              (f"; its log is {daemon.log_path}" if daemon else ""))
         status = chaos.status()
         names = {a["name"] for a in status["agents"]}
@@ -221,4 +294,8 @@ def _ms(value: float | None) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # main's finally has stopped the load and the daemon
+        print("chaos/run.py: interrupted", file=sys.stderr)
+        sys.exit(130)
