@@ -425,6 +425,10 @@ def main() -> int:
         return EXIT_SETUP_FAILED
     if launch.parent_pid and os.getppid() != launch.parent_pid:
         return EXIT_DAEMON_LOST  # the daemon that started us is gone already
+    import setproctitle  # forked agents have it from the zygote already
+
+    setproctitle.setproctitle(launch.title)
+    setproctitle.setthreadtitle(launch.name)  # the 15-byte comm (top, pgrep NAME): the agent, not "sunsetd-agent"
     try:
         runtime = AgentRuntime(launch)
         return runtime.run()

@@ -7,25 +7,34 @@ own heavier dependencies, so the two overlap.
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import os
 import sys
+import time
+from pathlib import Path
 from typing import Any
 
+from sunsetd import __version__, protocol
 from sunsetd.client import Client, DaemonUnreachable
 from sunsetd.protocol import CONTROL_TARGET, ControlOp, RemoteError
+from sunsetd.rundir import RuntimeDirError
 
 EXIT_OK = 0
 EXIT_ERROR_REPLY = 1  # the daemon or the agent answered with an error
 EXIT_USAGE = 2  # bad command line (argparse's own code)
 EXIT_UNREACHABLE = 3  # no daemon answers on the runtime directory
+EXIT_NOT_RUNNING = 3  # status: degraded, or not every essential (or selected) agent ready (systemctl is-active)
 
 EPILOG = """exit status:
-  0  success
+  0  success; for status: running, every essential agent (every selected one) ready
   1  the request was answered with an error (its code and message are printed on stderr)
   2  usage error
-  3  sunsetd is not running on the runtime directory, or did not answer in time
+  3  sunsetd is not running on the runtime directory, or did not answer in time;
+     for status also: degraded, or not every essential (selected) agent ready
 """
+BODY_HINT = """a body is JSON: a string needs quotes inside the shell's, e.g. '"to be or not"'; """ \
+            """a map: '{"k": 1}'"""
 
 
 def _duration(seconds: float | None) -> str:
@@ -35,6 +44,9 @@ def _duration(seconds: float | None) -> str:
         return f"{seconds:.1f}s"
     minutes, secs = divmod(int(seconds), 60)
     hours, minutes = divmod(minutes, 60)
+    days, hours = divmod(hours, 24)
+    if days:
+        return f"{days}d{hours:02d}h"
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
@@ -42,13 +54,32 @@ def _mib(n: int | None) -> str:
     return "-" if n is None else f"{n / 1048576:.1f}M"
 
 
+def agent_reason(a: dict) -> str:
+    """Why the agent is where it is: the reason of its last transition, or, once ready again after an
+    exit, that exit."""
+    if a.get("never_started") and a["state"] == "stopped":
+        return "lazy: starts on its first request" if a.get("lazy") else a.get("reason") or "not started"
+    exit_ = a.get("last_exit")
+    if a["state"] == "ready" and exit_ and not exit_.get("asked"):
+        return (f"last exit: {exit_['description']} after {_duration(exit_['uptime_s'])} "
+                f"(#{exit_['incarnation']}, {_duration(exit_['ago_s'])} ago)")
+    return "" if a["state"] == "ready" else a.get("reason") or ""
+
+
+def agent_state(a: dict) -> str:
+    if a["state"] == "stopped" and a.get("never_started"):
+        return "not started"
+    return a["state"] + (" (half-open)" if a.get("circuit") == "half-open" else "")
+
+
 def format_status(status: dict) -> str:
-    rows = [("NAME", "STATE", "PID", "UPTIME", "RESTARTS", "RSS", "HEARTBEAT")]
+    rows = [("NAME", "STATE", "PID", "INC", "UPTIME", "RESTARTS", "RSS", "HEARTBEAT", "FLAGS", "REASON")]
     for a in status["agents"]:
         age = a.get("heartbeat_age_ms")
-        rows.append((a["name"], a["state"] + (" (circuit half-open)" if a.get("circuit") == "half-open" else ""),
-                     str(a["pid"] or "-"), _duration(a.get("uptime_s")), str(a["restarts"]), _mib(a.get("rss_bytes")),
-                     "-" if age is None else f"{age}ms ago"))
+        flags = ",".join(f for f, on in (("essential", a.get("essential")), ("lazy", a.get("lazy"))) if on) or "-"
+        rows.append((a["name"], agent_state(a), str(a["pid"] or "-"), str(a.get("incarnation") or "-"),
+                     _duration(a.get("uptime_s")), str(a["restarts"]), _mib(a.get("rss_bytes")),
+                     "-" if age is None else f"{age}ms ago", flags, agent_reason(a)))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     c = status.get("counts", {})
     head = (f"sunsetd pid {status['pid']}  profile {status['profile']}  state {status.get('state', '?')}  "
@@ -58,26 +89,76 @@ def format_status(status: dict) -> str:
     return "\n".join(lines)
 
 
+def status_code(status: dict, selected: bool) -> int:
+    """Like `systemctl is-active`: 0 when running, 3 when not (degraded, an essential agent not ready;
+    with agents named, any of them not ready)."""
+    if selected:
+        return EXIT_OK if status["agents"] and all(a["state"] == "ready" for a in status["agents"]) \
+            else EXIT_NOT_RUNNING
+    return EXIT_OK if status.get("state") == "running" and status.get("healthy") else EXIT_NOT_RUNNING
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, got {text}")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
+AGENTS_HELP = "agent names, shell globs ('vision.*', quoted) or all"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """sunsetctl's command line."""
     parser = argparse.ArgumentParser(prog="sunsetctl", description="Control a running sunsetd.",
                                      epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"sunsetctl {__version__}")
     parser.add_argument("--runtime-dir", help="the daemon's runtime directory (default: as sunsetd resolves it)")
-    parser.add_argument("--timeout", type=float, default=None, help="seconds to wait for the answer")
-    sub = parser.add_subparsers(dest="command", required=True)
-    status = sub.add_parser("status", help="agents and their states")
+    parser.add_argument("--timeout", type=_positive, default=None, help="seconds to wait for the answer")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    status = sub.add_parser("status", help="agents, their states and why")
+    status.add_argument("agents", nargs="*", metavar="AGENT", help=AGENTS_HELP + " (default: every agent)")
     status.add_argument("--json", action="store_true", help="print the status as JSON")
     call = sub.add_parser("call", help="send a request to an agent and print the reply body as JSON")
     call.add_argument("agent")
     call.add_argument("op")
-    call.add_argument("body", nargs="?", default=None, help="request body as JSON (default: null)")
-    call.add_argument("--timeout", type=float, default=None, dest="call_timeout")
+    call.add_argument("body", nargs="?", default=None, help="request body as JSON (default: null); " + BODY_HINT)
+    call.add_argument("--timeout", type=_positive, default=None, dest="call_timeout")
     call.add_argument("--retry", action="store_true", help="resend once to the next incarnation if the agent dies")
-    for name, text in (("start", "start an agent and wait until it is ready"),
-                       ("stop", "stop an agent and wait until it has stopped"),
-                       ("restart", "restart an agent and wait until the new incarnation is ready")):
-        sub.add_parser(name, help=text).add_argument("agent")
-    sub.add_parser("reload", help="re-read the profile and apply the difference")
+    for name, text in (("start", "start agents (and what they depend on) and wait until they are ready"),
+                       ("stop", "stop agents, dependents first, and wait until they have stopped"),
+                       ("restart", "restart agents (several: all stop, dependents first, then all start) "
+                                   "and wait until the new incarnations are ready")):
+        sub.add_parser(name, help=text).add_argument("agents", nargs="+", metavar="AGENT", help=AGENTS_HELP)
+    sig = sub.add_parser("signal", help="send a signal to agents' processes (their process groups)")
+    sig.add_argument("signal", help="HUP, SIGUSR1, 10, ...")
+    sig.add_argument("agents", nargs="+", metavar="AGENT", help=AGENTS_HELP)
+    log = sub.add_parser("logs", help="agents' last log lines (output, and what sunsetd said about them)")
+    log.add_argument("agents", nargs="*", metavar="AGENT", help=AGENTS_HELP + " (default: every agent)")
+    log.add_argument("-n", "--lines", type=_count, default=None, help="the last N lines (default: 50; 0 with -f)")
+    log.add_argument("-f", "--follow", action="store_true", help="then print new lines as they come, until Ctrl-C")
+    log.add_argument("--incarnation", type=int, default=None, help="only this incarnation's lines")
+    log.add_argument("--json", action="store_true", help="one JSON object per line")
+    events = sub.add_parser("events", help="stream transitions, exits, restarts and reloads as they happen")
+    events.add_argument("agents", nargs="*", metavar="AGENT", help="only these agents' events (globs allowed)")
+    events.add_argument("--json", action="store_true", help="one JSON object per event")
+    rel = sub.add_parser("reload", help="re-read the profile (or another) and apply the difference")
+    rel.add_argument("--dry-run", action="store_true", help="print what would change, change nothing")
+    rel.add_argument("--profile", help="switch the running daemon to this profile (name or path)")
+    rel.add_argument("--json", action="store_true", help="print the outcome (or the plan) as JSON")
     sub.add_parser("shutdown", help="stop every agent in reverse dependency order and exit the daemon")
     return parser
 
@@ -85,49 +166,162 @@ def build_parser() -> argparse.ArgumentParser:
 RELOAD_WAIT_SLACK_S = 5.0  # beyond the settle time the daemon gives for a reload
 
 
-def reload(client: Client, timeout: float | None) -> Any:
+def reload(client: Client, timeout: float | None, profile: str | None = None, dry_run: bool = False) -> Any:
     """Reload, then wait for the outcome as long as the daemon says the changed agents may take."""
-    applied = client.call(CONTROL_TARGET, ControlOp.RELOAD.value, timeout=timeout or 60.0)
+    body = {k: v for k, v in (("profile", profile), ("dry_run", dry_run or None)) if v is not None}
+    applied = client.call(CONTROL_TARGET, ControlOp.RELOAD.value, body or None, timeout=timeout or 60.0)
     if applied.get("settled", True):
         return applied
     wait = timeout or applied["settle_s"] + RELOAD_WAIT_SLACK_S
     return client.call(CONTROL_TARGET, ControlOp.RELOAD_WAIT.value, {"reload": applied["reload"]}, timeout=wait)
 
 
-def run(args: argparse.Namespace) -> Any:
+def format_reload(result: dict) -> str:
+    if result.get("dry_run"):
+        lines = [f"dry run: profile {result['profile']} (nothing applied)"]
+        lines += [f"  add     {n}" for n in result["added"]]
+        lines += [f"  remove  {n}" for n in result["removed"]]
+        lines += [f"  change  {n}: {', '.join(fields)}" for n, fields in result["changed"].items()]
+        lines.append(f"  leave   {len(result['unchanged'])} agent(s) alone")
+        return "\n".join(lines)
+    lines = [f"reload {result['reload']}: profile {result['profile']}: {len(result['added'])} added, "
+             f"{len(result['removed'])} removed, {len(result['changed'])} changed, {result['unchanged']} unchanged"]
+    lines += [f"  {name}: {outcome}" for name, outcome in result.get("outcomes", {}).items()]
+    return "\n".join(lines)
+
+
+def _log_line(line: list, as_json: bool) -> str:
+    seq, when, agent, incarnation, stream, text = line
+    if as_json:
+        return json.dumps({"seq": seq, "time": when, "agent": agent, "incarnation": incarnation, "stream": stream,
+                           "text": text})
+    return f"{_timestamp(when)} {agent}#{incarnation} {stream}: {text}"
+
+
+def _timestamp(when: float) -> str:
+    t = time.localtime(when)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", t) + f".{int(when * 1000) % 1000:03d}" + time.strftime("%z", t)
+
+
+def _print(text: str) -> None:
+    print(text, flush=True)
+
+
+def logs(client: Client, args: argparse.Namespace) -> int:
+    """Print the last lines; with -f, subscribe first, then go on with the live ones (a line the
+    subscription missed while it was being set up is fetched again by its number)."""
+    sub = client.subscribe(protocol.LOG_TOPIC) if args.follow else None
+    try:
+        n = args.lines if args.lines is not None else (10 if args.follow else 50)
+        body: dict[str, Any] = {"n": n}
+        if args.agents:
+            body["agents"] = args.agents
+        if args.incarnation is not None:
+            body["incarnation"] = args.incarnation
+        snapshot = client.call(CONTROL_TARGET, ControlOp.LOGS.value, body, timeout=args.timeout or 10.0)
+        for line in snapshot["lines"]:
+            _print(_log_line(line, args.json))
+        if sub is None:
+            return EXIT_OK
+        shown = set(snapshot["agents"]) if args.agents else None
+        last = dict(snapshot["last"])
+        while True:
+            line = client.next_event(sub, 1.0)
+            if line is None:
+                client.check()  # a daemon that has gone ends the follow (exit 3), as it would a call
+                continue
+            agent, seq = line[2], line[0]
+            if (shown is not None and agent not in shown) or seq <= last.get(agent, 0):
+                continue
+            if args.incarnation is not None and line[3] != args.incarnation:
+                last[agent] = seq
+                continue
+            if seq > last.get(agent, 0) + 1:  # missed while the subscription was being set up
+                gap = client.call(CONTROL_TARGET, ControlOp.LOGS.value,
+                                  {**body, "agents": [agent], "n": None, "after": {agent: last.get(agent, 0)}},
+                                  timeout=args.timeout or 10.0)
+                for missed in gap["lines"]:
+                    if missed[0] < seq:
+                        _print(_log_line(missed, args.json))
+            _print(_log_line(line, args.json))
+            last[agent] = seq
+    finally:
+        if sub is not None:
+            sub.close(linger=0)
+
+
+def events(client: Client, args: argparse.Namespace) -> int:
+    from sunsetd.logfmt import event_text
+
+    sub = client.subscribe(protocol.EVENT_TOPIC)
+    try:
+        client.check()
+        while True:
+            event = client.next_event(sub, 1.0)
+            if event is None:
+                client.check()
+                continue
+            if args.agents and not any(p == "all" or fnmatch.fnmatchcase(event["agent"], p) for p in args.agents):
+                continue
+            _print(json.dumps(event) if args.json else f"{_timestamp(event['time'])} {event_text(event)}")
+    finally:
+        sub.close(linger=0)
+
+
+def run(args: argparse.Namespace) -> int:
     with Client(args.runtime_dir) as client:
         if args.command == "call":
             try:
                 body = None if args.body is None else json.loads(args.body)
             except json.JSONDecodeError as exc:
-                raise SystemExit(f"sunsetctl: body is not valid JSON: {exc}") from None
+                print(f"sunsetctl: body is not JSON ({exc.msg} at column {exc.colno}); {BODY_HINT}", file=sys.stderr)
+                return EXIT_USAGE
             timeout = args.call_timeout or args.timeout or 10.0
-            return client.call(args.agent, args.op, body, timeout=timeout, retry=args.retry)
+            _print(json.dumps(client.call(args.agent, args.op, body, timeout=timeout, retry=args.retry), default=str))
+            return EXIT_OK
+        if args.command == "status":
+            status = client.call(CONTROL_TARGET, "status", {"agents": args.agents} if args.agents else None,
+                                 timeout=args.timeout or 10.0)
+            _print(json.dumps(status, indent=2, default=str) if args.json else format_status(status))
+            return status_code(status, bool(args.agents))
         if args.command == "reload":
-            return reload(client, args.timeout)
-        timeout = args.timeout or {"start": 60.0, "restart": 60.0, "stop": 60.0, "shutdown": 10.0}.get(args.command, 10.0)
-        body = {"agent": args.agent} if args.command in ("start", "stop", "restart") else None
-        return client.call(CONTROL_TARGET, args.command, body, timeout=timeout)
+            result = reload(client, args.timeout, args.profile, args.dry_run)
+            _print(json.dumps(result) if args.json else format_reload(result))
+            return EXIT_ERROR_REPLY if result.get("rolled_back") else EXIT_OK
+        if args.command == "logs":
+            return logs(client, args)
+        if args.command == "events":
+            return events(client, args)
+        timeout = args.timeout or {"start": 120.0, "restart": 120.0, "stop": 120.0}.get(args.command, 10.0)
+        if args.command == "signal":
+            body: Any = {"signal": int(args.signal) if args.signal.isdigit() else args.signal, "agents": args.agents}
+        elif args.command in ("start", "stop", "restart"):
+            body = {"agents": args.agents}
+        else:
+            body = None
+        _print(json.dumps(client.call(CONTROL_TARGET, args.command, body, timeout=timeout), default=str))
+        return EXIT_OK
 
 
 def main(argv: list[str] | None = None) -> int:
     """`sunsetctl`."""
     args = build_parser().parse_args(argv)
     try:
-        result = run(args)
+        return run(args)
     except RemoteError as exc:
         print(f"sunsetctl: {exc.code}: {exc.message}", file=sys.stderr)
         return EXIT_ERROR_REPLY
     except DaemonUnreachable as exc:
         print(f"sunsetctl: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE
-    if args.command == "status" and not args.json:
-        print(format_status(result))
-    elif args.command == "status":
-        print(json.dumps(result, indent=2, default=str))
-    else:
-        print(json.dumps(result, default=str))
-    return EXIT_OK
+    except RuntimeDirError as exc:
+        print(f"sunsetctl: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:  # the way out of `logs -f` and `events`
+        return EXIT_OK
+    except BrokenPipeError:  # `sunsetctl status | head -1`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so that the exit's flush is quiet too
+        return EXIT_OK
 
 
 # ---- sunsetd -------------------------------------------------------------------------------------------
@@ -141,6 +335,7 @@ def build_daemon_parser() -> argparse.ArgumentParser:
         prog="sunsetd", description="Supervise a profile of agents and route requests to them over ZeroMQ.",
         epilog="Exit status: 0 clean stop (or --check passed), 1 runtime directory unusable or already in use, "
                "2 profile errors.")
+    parser.add_argument("--version", action="version", version=f"sunsetd {__version__}")
     parser.add_argument("--profile", default="core", help="profile name (from profiles/) or path (default: core)")
     parser.add_argument("--check", action="store_true", help="validate the profile, print start order and counts, exit")
     parser.add_argument("--runtime-dir", help="directory for sockets and the lock (default: see DESIGN §6)")
@@ -153,7 +348,27 @@ def build_daemon_parser() -> argparse.ArgumentParser:
                              "exec: a fresh interpreter per agent (about 100 ms)")
     parser.add_argument("--log-to", choices=["auto", "journal", "stderr"], default="auto",
                         help="auto: journald (with fields) under systemd, else stderr")
+    parser.add_argument("--log-dir", default=os.environ.get("SUNSETD_LOG_DIR") or None,
+                        help="also write each agent's log to DIR/AGENT.log, rotated by size (for hosts without journald)")
+    parser.add_argument("--log-max-bytes", type=_size, default=10 * 1024 * 1024,
+                        help="rotate an agent's log file at this size (bytes, or with K/M/G; default 10M)")
+    parser.add_argument("--log-backups", type=_count, default=3, help="rotated files kept per agent (default 3)")
+    parser.add_argument("--socket-group", default=os.environ.get("SUNSETD_SOCKET_GROUP") or None,
+                        help="let this group use sunsetctl: the runtime directory becomes 0750 and the front and "
+                             "events sockets 0660, of this group (the agents socket stays the daemon's own)")
     return parser
+
+
+def _size(text: str) -> int:
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    number, unit = (text[:-1], units[text[-1].upper()]) if text and text[-1].upper() in units else (text, 1)
+    try:
+        value = int(float(number) * unit)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (bytes, or a number with K, M or G)") from None
+    if value < 4096:
+        raise argparse.ArgumentTypeError(f"at least 4K, got {text}")
+    return value
 
 
 def _profile_errors(name: str, errors: list[str]) -> int:
@@ -185,6 +400,12 @@ def daemon_main(argv: list[str] | None = None) -> int:
     from sunsetd.forkserver import ForkServer, ForkServerError
 
     runtime_dir = rundir.resolve(args.runtime_dir)
+    try:
+        rundir.check_path_length(runtime_dir)
+        access = rundir.Access(None if args.socket_group is None else rundir.group_id(args.socket_group))
+    except rundir.RuntimeDirError as exc:
+        print(f"sunsetd: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME
     zygote = None
     if args.spawner == "fork":  # its imports too overlap ours; it forks nothing until asked
         try:
@@ -193,7 +414,7 @@ def daemon_main(argv: list[str] | None = None) -> int:
             zygote = None  # the spawner tries again, and falls back to exec
     try:
         from sunsetd import logs
-        from sunsetd.daemon import Daemon
+        from sunsetd.daemon import Daemon, LogDir
         from sunsetd.metrics import parse_address
 
         try:
@@ -211,7 +432,8 @@ def daemon_main(argv: list[str] | None = None) -> int:
             zygote.close()
         return _profile_errors(args.profile, errors)
     logs.configure(args.log_level, profile.name, journal={"auto": None, "journal": True, "stderr": False}[args.log_to])
-    return Daemon(profile, runtime_dir, args.profile, metrics_addr, args.spawner, zygote).run()
+    log_dir = None if args.log_dir is None else LogDir(Path(args.log_dir), args.log_max_bytes, args.log_backups)
+    return Daemon(profile, runtime_dir, args.profile, metrics_addr, args.spawner, zygote, access, log_dir).run()
 
 
 if __name__ == "__main__":

@@ -24,7 +24,8 @@ class DaemonUnreachable(Exception):
 
 class Client:
     def __init__(self, runtime_dir: str | os.PathLike | None = None, context: zmq.Context | None = None):
-        self.runtime_dir = rundir.resolve(runtime_dir)
+        self.runtime_dir = rundir.resolve(runtime_dir, client=True)
+        rundir.check_path_length(self.runtime_dir)  # the daemon's own one-line message
         self.socket_path = self.runtime_dir / rundir.FRONT_SOCKET
         self.ctx = context or zmq.Context.instance()
         self.sock = self.ctx.socket(zmq.DEALER)
@@ -60,10 +61,47 @@ class Client:
             return None
         return protocol.unpack(self.sock.recv(), "reply frame")
 
+    def check(self) -> None:
+        """DaemonUnreachable unless a daemon's socket is there and ours to use."""
+        try:
+            self.socket_path.stat()
+        except PermissionError:
+            raise DaemonUnreachable(self._denied()) from None
+        except OSError:
+            raise DaemonUnreachable(f"sunsetd is not running on {self.runtime_dir} (no {self.socket_path.name})") \
+                from None
+        if not os.access(self.socket_path, os.R_OK | os.W_OK):
+            raise DaemonUnreachable(self._denied())
+
+    def _denied(self) -> str:
+        try:
+            import grp
+
+            group = grp.getgrgid(self.runtime_dir.stat().st_gid).gr_name
+        except (OSError, KeyError):
+            group = None
+        how = f"; members of group {group} may (usermod -aG {group} $USER)" if group else ""
+        return f"permission denied: {self.socket_path} is not yours to use{how}, or use sudo"
+
+    def subscribe(self, topic: bytes) -> zmq.Socket:
+        """A SUB socket on the daemon's events socket, for one topic (protocol.LOG_TOPIC, EVENT_TOPIC)."""
+        self.check()
+        sub = self.ctx.socket(zmq.SUB)
+        sub.setsockopt(zmq.LINGER, 0)
+        sub.setsockopt(zmq.SUBSCRIBE, topic)
+        sub.connect(rundir.endpoint(self.runtime_dir, rundir.EVENTS_SOCKET))
+        return sub
+
+    def next_event(self, sub: zmq.Socket, timeout: float) -> Any:
+        """The body of the next message on a subscription, or None after `timeout` seconds."""
+        if not sub.poll(max(0, int(timeout * 1000))):
+            return None
+        _topic, body = sub.recv_multipart()
+        return protocol.unpack(body, "event frame")
+
     def call(self, to: str, op: str, body: Any = None, timeout: float = 5.0, retry: bool = False) -> Any:
         """Send one request and wait for its reply: the body, or RemoteError."""
-        if not self.socket_path.exists():
-            raise DaemonUnreachable(f"sunsetd is not running on {self.runtime_dir} (no {self.socket_path.name})")
+        self.check()
         rid = self.send(to, op, body, timeout, retry)
         while True:
             reply = self.recv(timeout + REPLY_SLACK_S)

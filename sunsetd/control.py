@@ -7,14 +7,17 @@ the request until its one reply (its deadline answers `timeout` if nothing else 
 """
 from __future__ import annotations
 
+import fnmatch
 import os
+import signal
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
 from sunsetd import health
+from sunsetd.agentlogs import AgentLogs
 from sunsetd.policy import State, Transition
 from sunsetd.protocol import ControlOp, ErrorCode
-from sunsetd.reload import ReloadOutcome
+from sunsetd.reload import ReloadOutcome, ReloadPlan, preview
 from sunsetd.requestbook import Pending, RequestBook
 from sunsetd.router import Router
 from sunsetd.supervisor import AgentSlot, Supervisor
@@ -22,27 +25,69 @@ from sunsetd.supervisor import AgentSlot, Supervisor
 class Daemon(Protocol):
     """What the control ops need from the daemon around them."""
 
-    def reload(self, on_applied: Callable[[ReloadOutcome | list[str]], None]) -> None: ...
+    def reload(self, on_applied: Callable[[ReloadOutcome | ReloadPlan | list[str]], None],
+               profile_arg: str | None = None, dry_run: bool = False) -> None: ...
     def reload_outcome(self, number: int) -> ReloadOutcome | None: ...
     def begin_shutdown(self, why: str) -> None: ...
     def extra_status(self) -> dict[str, Any]: ...
 
 
+GLOB = frozenset("*?[")
+MAX_LOG_LINES = 10_000
+
+
+def select(patterns: list[str], names: list[str]) -> list[str] | str:
+    """The agents that `patterns` name (names, shell globs, or `all`), in profile order; or, when a
+    name is unknown or a glob matches nothing, why not."""
+    chosen: set[str] = set()
+    for pattern in patterns:
+        if pattern == "all":
+            chosen.update(names)
+        elif GLOB & set(pattern):
+            matched = fnmatch.filter(names, pattern)
+            if not matched:
+                return f"no agent matches {pattern!r}"
+            chosen.update(matched)
+        elif pattern in names:
+            chosen.add(pattern)
+        else:
+            return f"no agent {pattern!r}"
+    return [n for n in names if n in chosen]
+
+
+def signal_number(value: Any) -> int | None:
+    """A signal by name (HUP, SIGHUP, hup) or number; None if it is not one."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if value in signal.valid_signals() else None
+    if isinstance(value, str):
+        name = value.upper()
+        try:
+            return int(signal.Signals[name if name.startswith("SIG") else "SIG" + name])
+        except KeyError:
+            return None
+    return None
+
+
 @dataclass(eq=False)
 class _Waiter:
     request: Pending
-    agent: str
+    agents: list[str]
     done: Callable[[AgentSlot], bool]
     stopping: bool  # a stop: being stopped is the goal, not a failure
+    single: bool  # asked as {agent: NAME}: answered with that agent alone
 
 
 class Controller:
-    def __init__(self, supervisor: Supervisor, router: Router, book: RequestBook, daemon: Daemon):
+    def __init__(self, supervisor: Supervisor, router: Router, book: RequestBook, daemon: Daemon,
+                 agent_logs: AgentLogs | None = None):
         self.supervisor = supervisor
         self.router = router
         self.book = book
         self.daemon = daemon
-        self._waiters: dict[str, list[_Waiter]] = {}
+        self.agent_logs = agent_logs or AgentLogs()
+        self._waiters: list[_Waiter] = []
         self._reload_waiters: dict[int, list[Pending]] = {}
 
     def handle(self, p: Pending) -> None:
@@ -56,10 +101,19 @@ class Controller:
 
     # ---- the ops
     def handle_status(self, p: Pending) -> None:
-        """The whole status; with body {agent: NAME} one agent only, cheaply (no RSS read): for pollers."""
+        """The whole status; with body {agents: [PATTERN...]} only the agents they select; with
+        {agent: NAME} one agent alone, cheaply (no RSS read): for pollers."""
         name = p.body.get("agent") if isinstance(p.body, dict) else None
         if name is None:
-            self.router.answer(p, self.status())
+            if isinstance(p.body, dict) and "agents" in p.body:
+                names = self._agents_of(p)
+                if names is None:
+                    return
+                status = self.status()
+                status["agents"] = [a for a in status["agents"] if a["name"] in names]
+                self.router.answer(p, status)
+            else:
+                self.router.answer(p, self.status())
             return
         if not isinstance(name, str):
             self.router.fail(p, ErrorCode.BAD_REQUEST, "status body field 'agent' must be a string")
@@ -69,44 +123,95 @@ class Controller:
             self.router.answer(p, self.agent_status(name, self.supervisor.timers.now(), fresh_rss=False))
 
     def handle_start(self, p: Pending) -> None:
-        name = self._agent_of(p)
-        if name is None:
+        """Start agents (and what they depend on, first) and answer once every one is ready."""
+        names = self._agents_of(p)
+        if names is None:
             return
-        refusal = self.supervisor.start_agent(name)
-        if refusal is not None:
-            self.router.fail(p, ErrorCode.OVERLOADED, refusal)
+        refusals = [r for r in (self.supervisor.start_agent(n) for n in names) if r is not None]
+        if refusals:
+            self.router.fail(p, ErrorCode.OVERLOADED, "; ".join(refusals))
             return
-        self._wait(p, name, lambda s: s.state is State.READY)
+        self._wait(p, names, lambda s: s.state is State.READY)
 
     def handle_stop(self, p: Pending) -> None:
-        name = self._agent_of(p)
-        if name is None:
+        """Stop agents, dependents before what they depend on, and answer once every one has stopped."""
+        names = self._agents_of(p)
+        if names is None:
             return
-        self.supervisor.stop_agent(name)
-        self._wait(p, name, lambda s: s.state is State.STOPPED, stopping=True)
+        self.supervisor.stop_agents(names)
+        self._wait(p, names, lambda s: s.state is State.STOPPED, stopping=True)
 
     def handle_restart(self, p: Pending) -> None:
-        name = self._agent_of(p)
-        if name is None:
+        """A new incarnation of each; several stop in reverse dependency order, then start in order."""
+        names = self._agents_of(p)
+        if names is None:
             return
-        before = self.supervisor.incarnation(name)
-        refusal = self.supervisor.restart_agent(name)
+        before = {n: self.supervisor.incarnation(n) for n in names}
+        refusal = self.supervisor.restart_agents(names)
         if refusal is not None:
             self.router.fail(p, ErrorCode.OVERLOADED, refusal)
             return
-        self._wait(p, name, lambda s: s.state is State.READY and self.supervisor.incarnation(s.name) > before)
+        self._wait(p, names, lambda s: s.state is State.READY and self.supervisor.incarnation(s.name) > before[s.name])
+
+    def handle_signal(self, p: Pending) -> None:
+        """Send a signal to agents' processes (their whole process group, as systemctl kill does)."""
+        names = self._agents_of(p)
+        if names is None:
+            return
+        signum = signal_number(p.body.get("signal"))
+        if signum is None:
+            self.router.fail(p, ErrorCode.BAD_REQUEST, f"signal needs body {{signal: NAME|NUMBER, agents: [...]}}, "
+                                                       f"got signal {p.body.get('signal')!r}")
+            return
+        sent = self.supervisor.signal_agents(names, signum)
+        if not sent:
+            self.router.fail(p, ErrorCode.UNAVAILABLE, f"none of {', '.join(names)} has a process to signal")
+            return
+        self.router.answer(p, {"signal": signum, "sent": sent, "not_running": [n for n in names if n not in sent]})
+
+    def handle_logs(self, p: Pending) -> None:
+        """The last lines of agents (every one without `agents`): body {agents?, incarnation?, n?, after?}."""
+        body = p.body if isinstance(p.body, dict) else {}
+        names = None
+        if body.get("agents") is not None:
+            names = self._agents_of(p)
+            if names is None:
+                return
+        incarnation, n, after = body.get("incarnation"), body.get("n"), body.get("after") or {}
+        if not (incarnation is None or (isinstance(incarnation, int) and not isinstance(incarnation, bool))) \
+                or not (n is None or (isinstance(n, int) and not isinstance(n, bool) and n >= 0)) \
+                or not (isinstance(after, dict) and all(isinstance(v, int) for v in after.values())):
+            self.router.fail(p, ErrorCode.BAD_REQUEST, "logs body: incarnation and n must be integers (n >= 0), "
+                                                       "after a map of agent to line number")
+            return
+        lines = self.agent_logs.lines(names, incarnation, min(MAX_LOG_LINES, n) if n is not None else MAX_LOG_LINES,
+                                      after)
+        shown = names if names is not None else [n for n, slot in self.supervisor.slots.items() if not slot.removed]
+        # `last`: where a follower's live lines take over from these (sunsetctl logs -f)
+        self.router.answer(p, {"lines": [list(line) for line in lines], "agents": shown,
+                               "last": {n: self.agent_logs.last_seq(n) for n in shown}})
 
     def handle_reload(self, p: Pending) -> None:
         """Answered once the new profile is checked and applied: what changed, and how long the changed
-        agents may take to settle (`settle_s`); `reload_wait` then gives what finally happened."""
-        def applied(result: ReloadOutcome | list[str]) -> None:
+        agents may take to settle (`settle_s`); `reload_wait` then gives what finally happened. Body
+        {profile: NAME|PATH} switches to another profile; {dry_run: true} answers what would change."""
+        body = p.body if isinstance(p.body, dict) else {}
+        profile, dry_run = body.get("profile"), body.get("dry_run", False)
+        if not (profile is None or (isinstance(profile, str) and profile)) or not isinstance(dry_run, bool):
+            self.router.fail(p, ErrorCode.BAD_REQUEST, "reload body: profile must be a name or path, dry_run a boolean")
+            return
+
+        def applied(result: ReloadOutcome | ReloadPlan | list[str]) -> None:
             if isinstance(result, list):
+                untouched = "" if dry_run else "; running set untouched"
                 self.router.fail(p, ErrorCode.BAD_REQUEST,
-                                 f"profile has {len(result)} error(s); running set untouched:\n" + "\n".join(result))
+                                 f"profile has {len(result)} error(s){untouched}:\n" + "\n".join(result))
+            elif isinstance(result, ReloadPlan):
+                self.router.answer(p, preview(result))
             else:
                 self.router.answer(p, result.body())
 
-        self.daemon.reload(applied)
+        self.daemon.reload(applied, profile, dry_run)
 
     def handle_reload_wait(self, p: Pending) -> None:
         number = p.body.get("reload") if isinstance(p.body, dict) else None
@@ -127,41 +232,43 @@ class Controller:
 
     # ---- what waiters wait for
     def on_transition(self, name: str, incarnation: int, t: Transition) -> None:
-        waiters = self._waiters.pop(name, None)
-        if waiters:
-            left = [w for w in waiters if not self._resolve(w)]
-            if left:
-                self._waiters.setdefault(name, []).extend(left)
+        if self._waiters:
+            self._waiters = [w for w in self._waiters if name not in w.agents or not self._resolve(w)]
 
     def on_reload_settled(self, outcome: ReloadOutcome) -> None:
         for p in self._reload_waiters.pop(outcome.number, []):
             self.router.answer(p, outcome.body())
 
-    def _wait(self, p: Pending, name: str, done: Callable[[AgentSlot], bool], stopping: bool = False) -> None:
-        for agent, waiters in list(self._waiters.items()):  # those their deadline answered go now
-            waiters[:] = [w for w in waiters if self.book.is_pending(w.request.rid)]
-            if not waiters:
-                del self._waiters[agent]
-        waiter = _Waiter(p, name, done, stopping)
+    def _wait(self, p: Pending, names: list[str], done: Callable[[AgentSlot], bool], stopping: bool = False) -> None:
+        # those their deadline answered go now
+        self._waiters = [w for w in self._waiters if self.book.is_pending(w.request.rid)]
+        waiter = _Waiter(p, names, done, stopping, single=isinstance(p.body, dict) and "agent" in p.body)
         if not self._resolve(waiter):
-            self._waiters.setdefault(name, []).append(waiter)
+            self._waiters.append(waiter)
 
     def _resolve(self, w: _Waiter) -> bool:
-        """Answer the waiter if it can be answered now; True when it needs no more watching."""
+        """Answer the waiter once every agent it waits for is done or cannot be; True when it needs no
+        more watching."""
         if not self.book.is_pending(w.request.rid):
             return True  # its deadline answered it
-        slot = self.supervisor.slot(w.agent)
-        if slot is None:
-            self.router.fail(w.request, ErrorCode.UNAVAILABLE, f"{w.agent} was removed from the profile")
-        elif w.done(slot):
-            self.router.answer(w.request, self._brief(slot))
-        elif slot.state is State.FAILED:
-            self.router.fail(w.request, ErrorCode.UNAVAILABLE,
-                             f"{slot.name} is failed (circuit open: {slot.lifecycle.reason})")
-        elif not w.stopping and slot.state is State.STOPPED and not slot.wanted:
-            self.router.fail(w.request, ErrorCode.UNAVAILABLE, f"{slot.name} was stopped ({slot.lifecycle.reason})")
+        failures, briefs = [], []
+        for name in w.agents:
+            slot = self.supervisor.slot(name)
+            if slot is None:
+                failures.append(f"{name} was removed from the profile")
+            elif w.done(slot):
+                briefs.append(self._brief(slot))
+            elif slot.state is State.FAILED:
+                failures.append(f"{slot.name} is failed (circuit open: {slot.lifecycle.reason})")
+            elif not w.stopping and slot.state is State.STOPPED and not slot.wanted \
+                    and not self.supervisor.restarting(name):
+                failures.append(f"{slot.name} was stopped ({slot.lifecycle.reason})")
+            else:
+                return False
+        if failures:
+            self.router.fail(w.request, ErrorCode.UNAVAILABLE, "; ".join(failures))
         else:
-            return False
+            self.router.answer(w.request, briefs[0] if w.single else {"agents": briefs})
         return True
 
     # ---- status: one composition, for the status op and the metrics snapshot alike
@@ -197,15 +304,24 @@ class Controller:
         return status
 
     # ---- internals
-    def _agent_of(self, p: Pending) -> str | None:
-        name = p.body.get("agent") if isinstance(p.body, dict) else None
-        if not isinstance(name, str):
-            self.router.fail(p, ErrorCode.BAD_REQUEST, f"control op {p.op!r} needs body {{agent: NAME}}")
+    def _agents_of(self, p: Pending) -> list[str] | None:
+        """The agents a request names, as {agent: NAME} or {agents: [NAME|GLOB|all, ...]}; None when it
+        was answered with the reason it names none."""
+        body = p.body if isinstance(p.body, dict) else {}
+        if isinstance(body.get("agent"), str):
+            patterns = [body["agent"]]
+        elif isinstance(body.get("agents"), list) and body["agents"] and all(isinstance(a, str) for a in body["agents"]):
+            patterns = body["agents"]
+        else:
+            self.router.fail(p, ErrorCode.BAD_REQUEST,
+                             f"control op {p.op!r} needs body {{agent: NAME}} or {{agents: [NAME|GLOB|all, ...]}}")
             return None
-        if self.supervisor.slot(name) is None:
-            self._unknown(p, name)
+        live = [name for name, slot in self.supervisor.slots.items() if not slot.removed]
+        chosen = select(patterns, live)
+        if isinstance(chosen, str):
+            self.router.fail(p, ErrorCode.UNKNOWN_AGENT, f"{chosen} in profile {self.supervisor.profile.name}")
             return None
-        return name
+        return chosen
 
     def _unknown(self, p: Pending, name: str) -> None:
         self.router.fail(p, ErrorCode.UNKNOWN_AGENT, f"no agent {name!r} in profile {self.supervisor.profile.name}")

@@ -19,15 +19,19 @@ from typing import Any, Callable
 
 import zmq
 
+from loguru import logger
+
 from sunsetd import logs, reload, rundir, runcheck
+from sunsetd.agentlogs import AgentLogs, LogFiles
 from sunsetd.cli import EXIT_OK, EXIT_RUNTIME
 from sunsetd.control import Controller
+from sunsetd.events import EventStream
 from sunsetd.forkserver import ForkServer
 from sunsetd.loop import EventLoop
 from sunsetd.metrics import Metrics
 from sunsetd.policy import Transition
 from sunsetd.profile import Profile, ProfileError, load_profile
-from sunsetd.reload import ReloadOutcome
+from sunsetd.reload import ReloadOutcome, ReloadPlan
 from sunsetd.requestbook import AgentView, RequestBook
 from sunsetd.router import Router
 from sunsetd.spawner import (ExecSpawner, Exited, ForkSpawner, LocalHandle, LocalSpawner, Output, ProcessEvent,
@@ -44,7 +48,9 @@ class _ReloadJob:
     """A reload between reading the profile and applying it: its run targets are being checked."""
 
     profile: Profile
-    on_applied: Callable[[ReloadOutcome | list[str]], None] | None
+    on_applied: Callable[[ReloadOutcome | ReloadPlan | list[str]], None] | None
+    profile_arg: str = ""  # what later reloads read, once this one is applied
+    dry_run: bool = False  # answered with the plan; nothing is applied
     lines: list[str] = field(default_factory=list)
     stderr: deque = field(default_factory=lambda: deque(maxlen=3))
     errors: list[str] | None = None  # set once the check has ended
@@ -52,9 +58,19 @@ class _ReloadJob:
     check: LocalHandle | None = None  # the checking child
 
 
+@dataclass(frozen=True)
+class LogDir:
+    """--log-dir: one file per agent, rotated at max_bytes, `backups` old ones kept."""
+
+    path: Path
+    max_bytes: int = 10 * 1024 * 1024
+    backups: int = 3
+
+
 class Daemon:
     def __init__(self, profile: Profile, runtime_dir: Path, profile_arg: str | None = None,
-                 metrics_addr: tuple[str, int] | None = None, spawner: str = "fork", zygote: ForkServer | None = None):
+                 metrics_addr: tuple[str, int] | None = None, spawner: str = "fork", zygote: ForkServer | None = None,
+                 access: rundir.Access = rundir.Access(), log_dir: LogDir | None = None):
         self.profile_arg = profile_arg or str(profile.path)  # what a reload reads again
         self.runtime_dir = runtime_dir
         self.first_profile = profile
@@ -67,6 +83,9 @@ class Daemon:
         self.metrics_url: str | None = None
         self.spawner_kind = spawner
         self.zygote = zygote  # started by the command line before the daemon's imports, or None
+        self.access = access
+        self.log_dir = log_dir
+        self.agent_logs = AgentLogs()
         self.status_timer: Timer | None = None
         self.stop_budget_s = 0.0
         self._reload_jobs: deque[_ReloadJob] = deque()
@@ -81,6 +100,13 @@ class Daemon:
 
     def handle_sighup(self) -> None:
         self.reload(None)
+
+    def handle_sigusr1(self) -> None:
+        # by default it would end the daemon and every agent with it; nothing of ours uses it
+        logs.event(logs.DAEMON, "signal", "SIGUSR1 ignored", "WARNING")
+
+    def handle_sigusr2(self) -> None:
+        logs.event(logs.DAEMON, "signal", "SIGUSR2 ignored", "WARNING")
 
     def handle_sigchld(self) -> None:
         self.spawner.on_sigchld()
@@ -148,22 +174,27 @@ class Daemon:
         self.timers.call_later(self.notifier.watchdog_every_s, self._watchdog)
 
     # ---- reload: read, check in a child, apply, settle
-    def reload(self, on_applied: Callable[[ReloadOutcome | list[str]], None] | None) -> None:
-        """Re-read the profile and apply the difference; an invalid profile leaves everything as it is.
-        Reloads are applied in the order they were asked for, each once its run targets are checked."""
+    def reload(self, on_applied: Callable[[ReloadOutcome | ReloadPlan | list[str]], None] | None,
+               profile_arg: str | None = None, dry_run: bool = False) -> None:
+        """Re-read the profile (or read another one, which later reloads then read) and apply the
+        difference; an invalid profile leaves everything as it is. A dry run is answered with the plan
+        and applies nothing. Reloads are applied in the order they were asked for, each once its run
+        targets are checked."""
         if self.supervisor.stopping:
             if on_applied is not None:
                 on_applied(["sunsetd is shutting down"])
             return
-        self.notifier.reloading()
+        if not dry_run:
+            self.notifier.reloading()
+        arg = profile_arg or self.profile_arg
         try:
-            profile = load_profile(self.profile_arg)
+            profile = load_profile(arg)
         except ProfileError as exc:
-            job = _ReloadJob(self.supervisor.profile, on_applied, errors=exc.errors)
+            job = _ReloadJob(self.supervisor.profile, on_applied, arg, dry_run, errors=exc.errors)
             self._reload_jobs.append(job)
             self._apply_reloads()
             return
-        job = _ReloadJob(profile, on_applied)
+        job = _ReloadJob(profile, on_applied, arg, dry_run)
         self._reload_jobs.append(job)
         job.check = self.spawner.spawn_helper(
             "runcheck", runcheck.command(sys.executable, (a.run for a in profile.agents)),
@@ -192,6 +223,11 @@ class Daemon:
                 self._refuse_reload(job)
                 continue
             current = {name: slot.spec for name, slot in self.supervisor.slots.items() if not slot.removed}
+            if job.dry_run:
+                if job.on_applied is not None:
+                    job.on_applied(reload.plan(current, job.profile))
+                continue
+            self.profile_arg = job.profile_arg
             outcome = self.supervisor.reload(reload.plan(current, job.profile), self._reload_settled)
             self._reload_outcomes[outcome.number] = outcome
             while len(self._reload_outcomes) > KEPT_RELOADS:
@@ -200,6 +236,10 @@ class Daemon:
                 job.on_applied(outcome)
 
     def _refuse_reload(self, job: _ReloadJob) -> None:
+        if job.dry_run:
+            if job.on_applied is not None:
+                job.on_applied(job.errors)
+            return
         self._reloaded()
         logs.event(logs.DAEMON, "reload", f"refused: {len(job.errors)} error(s); running set untouched", "ERROR")
         for line in job.errors:
@@ -242,7 +282,9 @@ class Daemon:
     def run(self) -> int:
         try:
             self.lock.acquire()
+            self._check_access()
         except rundir.RuntimeDirError as exc:
+            self.lock.release()
             if self.zygote is not None:
                 self.zygote.close()
             print(f"sunsetd: {exc}", file=sys.stderr)
@@ -254,20 +296,43 @@ class Daemon:
             ctx.destroy(linger=0)
             self.lock.release()
 
+    def _check_access(self) -> None:
+        """What --socket-group and --log-dir need, tried before anything starts (one line if refused)."""
+        if self.access.gid is not None:
+            try:
+                os.chown(self.runtime_dir, -1, self.access.gid)
+            except OSError as exc:
+                raise rundir.RuntimeDirError(f"--socket-group: cannot give {self.runtime_dir} to group "
+                                             f"{self.access.gid}: {exc.strerror} (the daemon must be root or "
+                                             f"a member of the group)") from None
+        if self.log_dir is not None:
+            try:
+                self.log_dir.path.mkdir(parents=True, exist_ok=True)
+                if not os.access(self.log_dir.path, os.W_OK | os.X_OK):
+                    raise PermissionError(13, "Permission denied")
+            except OSError as exc:
+                raise rundir.RuntimeDirError(f"--log-dir {self.log_dir.path}: {exc.strerror}") from None
+
     def _make_spawner(self) -> LocalSpawner:
+        profile_name = lambda: self.supervisor.profile.name  # noqa: E731
         if self.spawner_kind == "fork":
-            return ForkSpawner(self.runtime_dir, self.loop, self.timers, server=self.zygote)
+            return ForkSpawner(self.runtime_dir, self.loop, self.timers, server=self.zygote, profile_name=profile_name)
         if self.zygote is not None:
             self.zygote.close()
-        return ExecSpawner(self.runtime_dir, self.loop, self.timers)
+        return ExecSpawner(self.runtime_dir, self.loop, self.timers, profile_name=profile_name)
 
     def _serve(self, ctx: zmq.Context) -> int:
         profile = self.first_profile
         self.book = RequestBook(lambda: self.supervisor.profile.name)
-        self.router = Router(ctx, self.runtime_dir, self.book, self.timers)
+        self.router = Router(ctx, self.runtime_dir, self.book, self.timers, self.access)
+        files = None if self.log_dir is None else LogFiles(self.log_dir.path, self.log_dir.max_bytes,
+                                                            self.log_dir.backups)
+        self.events = EventStream(ctx, self.runtime_dir, self.access, self.agent_logs, files)
+        self.access.open_directory(self.runtime_dir)  # every socket in it has its mode: the group may enter
+        self._events_sink = logger.add(self.events.sink, level="INFO", format="{message}")
         self.spawner = self._make_spawner()
         self.supervisor = Supervisor(profile, self.spawner, self.router, self.timers, self.book, self)
-        self.controller = Controller(self.supervisor, self.router, self.book, self)
+        self.controller = Controller(self.supervisor, self.router, self.book, self, self.agent_logs)
         self.router.on_control = self.controller.handle
         self.router.on_start = lambda name: self.supervisor.start_agent(name, LAZY_START)
         self.router.on_agent_message = self.supervisor.on_agent_message
@@ -286,7 +351,7 @@ class Daemon:
         self.loop.watch(self.router.front, self.router.on_front_readable)
         self._wakeup_r, wakeup_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         old_wakeup = signal.set_wakeup_fd(wakeup_w, warn_on_full_buffer=False)
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD, signal.SIGUSR1, signal.SIGUSR2):
             signal.signal(sig, lambda *_: None)  # the wake-up fd carries it into the loop
         self.loop.watch(self._wakeup_r, self._on_signal_fd)
         c = profile.counts()
@@ -309,12 +374,14 @@ class Daemon:
         finally:
             # Past this point a signal changes nothing, and during the interpreter's teardown Python
             # restores the default handlers: a late SIGTERM would turn a clean exit into -15.
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
                 signal.signal(sig, signal.SIG_IGN)
             signal.set_wakeup_fd(old_wakeup)
             self.notifier.close()
             self.metrics.close()
             self.spawner.close()
+            logger.remove(self._events_sink)
+            self.events.close()
             self.router.close()
             os.close(self._wakeup_r)
             os.close(wakeup_w)

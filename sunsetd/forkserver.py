@@ -29,7 +29,6 @@ from collections import deque
 from pathlib import Path
 from typing import Any, Callable
 
-PR_SET_NAME = 15
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
 EXIT_PARENT_GONE = 3  # a child whose daemon died before it could ask to die with it
@@ -238,7 +237,6 @@ def _agent_child(request: dict, fds: list[int], control: socket.socket, daemon_p
     os.environ.clear()
     os.environ.update(base_env)
     os.environ[LAUNCH_ENV] = request["launch"]
-    prctl(PR_SET_NAME, str(request["title"]).encode()[:15])
     import random
 
     random.seed()  # a fork copies the zygote's generator: every agent would draw the same numbers
@@ -299,6 +297,10 @@ def _serve(control: socket.socket, daemon_pid: int) -> None:
                                 {"seq": request["seq"], "error": "fork failed"}).encode())
 
 
+def _runtime_dir_of(argv: list[str]) -> str:
+    return argv[argv.index("--runtime-dir") + 1] if "--runtime-dir" in argv[:-1] else "?"
+
+
 def main() -> None:
     control_fd, daemon_pid = int(sys.argv[-2]), int(sys.argv[-1])
     die_with_parent(daemon_pid)
@@ -307,7 +309,12 @@ def main() -> None:
     import msgpack  # noqa: F401
     import zmq  # noqa: F401
 
+    import setproctitle
+
     import sunsetd.agent  # noqa: F401
+
+    # also prepares setproctitle's memory once, here, so that each agent's own title is a cheap write
+    setproctitle.setproctitle(f"sunsetd-zygote rundir={_runtime_dir_of(sys.argv)}")
     _serve(socket.socket(fileno=control_fd), daemon_pid)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import socket
 import struct
-from typing import Any
+from typing import Any, Callable
 
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
 MAX_MESSAGE = 48 * 1024  # stays under the datagram limit; a longer message is cut, never lost entirely
@@ -30,8 +30,11 @@ def under_systemd(environ: dict | None = None) -> bool:
 
 
 class JournalSink:
-    def __init__(self, path: str = JOURNAL_SOCKET, identifier: str = "sunsetd"):
+    def __init__(self, path: str = JOURNAL_SOCKET, identifier: str = "sunsetd",
+                 render: Callable[[dict], str] = lambda r: f"{r['extra'].get('agent', '-')} {r['extra'].get('event', '-')} "
+                                                         f"{r['message']}"):
         self.path = path
+        self.render = render  # a record's MESSAGE text (its fields stay separate fields as well)
         self.identifier = identifier
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
         self.sock.connect(path)  # raises if there is no journald: the caller falls back to stderr
@@ -42,11 +45,11 @@ class JournalSink:
     def __call__(self, message: Any) -> None:
         record = message.record
         extra = record["extra"]
-        text = record["message"]
+        text = self.render(record)
         if len(text) > MAX_MESSAGE:
             text = text[:MAX_MESSAGE] + " [cut]"
         fields = [
-            _field("MESSAGE", f"{extra.get('agent', '-')} {extra.get('event', '-')} {text}"),
+            _field("MESSAGE", text),
             _field("PRIORITY", PRIORITY.get(record["level"].name, 6)),
             _field("SYSLOG_IDENTIFIER", self.identifier),
             _field("AGENT", extra.get("agent", "-")),

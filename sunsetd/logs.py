@@ -1,64 +1,92 @@
-"""Daemon logging: one loguru logger, one line per event, the agent's name first, key=value fields.
+"""Daemon logging: one loguru logger, one record per event, in logfmt.
 
-Every record carries the structured fields AGENT, EVENT, INCARNATION and PID as loguru extras, so a
-journald sink can index them; on a terminal they read as a plain line.
+Every record carries the structured fields AGENT, EVENT, INCARNATION and PID as loguru extras, and its
+own key=value fields, so a journald sink indexes them and a terminal or a file gets one logfmt line:
+
+    time=2026-12-02T01:23:45.678+00:00 level=warning agent=KnowledgeBase event=exit msg="killed by SIGKILL" uptime_s=3.2 incarnation=2 pid=4711
+
+Values are quoted with double quotes (and escaped) only when they must be, so `grep`, `awk` and any
+logfmt parser read the same thing; nothing is a Python repr.
 """
 from __future__ import annotations
 
 import os
 import sys
-from typing import Any
+from typing import IO, Any
 
 from loguru import logger
 
 from sunsetd.journal import JOURNAL_SOCKET, JournalSink, under_systemd
+from sunsetd.logfmt import logfmt
 
 DAEMON = "sunsetd"  # the AGENT field of the daemon's own records
+
+
+def line_of(record: dict) -> str:
+    """A loguru record as one logfmt line with the date."""
+    extra = record["extra"]
+    pairs: list[tuple[str, Any]] = [
+        ("time", record["time"].isoformat(timespec="milliseconds")),
+        ("level", record["level"].name.lower()),
+        ("agent", extra.get("agent", DAEMON)),
+        ("event", extra.get("event", "-")),
+    ]
+    if record["message"]:
+        pairs.append(("msg", record["message"]))
+    pairs += list(extra.get("fields", {}).items())
+    pairs += [("incarnation", extra.get("incarnation")), ("pid", extra.get("pid"))]
+    return logfmt(pairs)
+
+
+def journal_text(record: dict) -> str:
+    """MESSAGE of a journal record: the agent, the event, the message and its fields (journald keeps
+    the date, the level and the agent's fields itself)."""
+    extra = record["extra"]
+    fields = logfmt(list(extra.get("fields", {}).items()))
+    return " ".join(p for p in (extra.get("agent", DAEMON), extra.get("event", "-"), record["message"], fields) if p)
+
+
+class LogfmtSink:
+    """Writes each record as one logfmt line to a stream (stderr for the daemon)."""
+
+    def __init__(self, stream: IO[str]):
+        self.stream = stream
+
+    def __call__(self, message: Any) -> None:
+        try:
+            self.stream.write(line_of(message.record) + "\n")
+            self.stream.flush()
+        except (BrokenPipeError, ValueError):
+            pass  # whoever read our stderr went away: the journal, the ring buffers and files still hold it
 
 
 def configure(level: str = "INFO", profile: str = "-", journal: bool | None = None) -> str:
     """Log to journald with fields when under systemd (or `journal` says so), else to stderr.
     Returns where records go."""
     logger.remove()
-    logger.configure(extra={"agent": DAEMON, "event": "-", "profile": profile, "incarnation": None, "pid": None})
+    logger.configure(extra={"agent": DAEMON, "event": "-", "profile": profile, "incarnation": None, "pid": None,
+                            "fields": {}})
     if journal is None:
         journal = under_systemd()
     if journal:
         try:
-            logger.add(JournalSink(os.environ.get("SUNSETD_JOURNAL_SOCKET", JOURNAL_SOCKET)), level=level,
-                       format="{message}")
+            logger.add(JournalSink(os.environ.get("SUNSETD_JOURNAL_SOCKET", JOURNAL_SOCKET), render=journal_text),
+                       level=level, format="{message}")
             return "journal"
         except OSError:
             pass  # no journald here: stderr it is
-    logger.add(
-        sys.stderr,
-        level=level,
-        colorize=sys.stderr.isatty(),
-        format="{time:HH:mm:ss.SSS} {level: <7} {extra[agent]} {extra[event]} {message}",
-        backtrace=False,
-        diagnose=False,
-    )
+    logger.add(LogfmtSink(sys.stderr), level=level, format="{message}", backtrace=False, diagnose=False)
     return "stderr"
-
-
-def _fmt(value: Any) -> str:
-    text = str(value)
-    return repr(text) if (" " in text or not text) else text
 
 
 def event(agent: str, name: str, message: str = "", level: str = "INFO", *,
           incarnation: int | None = None, pid: int | None = None, **fields: Any) -> None:
-    """Log one event: `<agent> <name> <message> k=v ...`."""
-    parts = [message] if message else []
-    parts += [f"{k}={_fmt(v)}" for k, v in fields.items() if v is not None]
-    if incarnation is not None:
-        parts.append(f"incarnation={incarnation}")
-    if pid is not None:
-        parts.append(f"pid={pid}")
-    logger.bind(agent=agent, event=name, incarnation=incarnation, pid=pid).log(level, " ".join(parts))
+    """Log one event of `agent`: a short message and key=value fields."""
+    logger.bind(agent=agent, event=name, incarnation=incarnation, pid=pid,
+                fields={k: v for k, v in fields.items() if v is not None}).log(level, message)
 
 
-def agent_output(agent: str, stream: str, line: str, incarnation: int, pid: int) -> None:
+def agent_output(agent: str, stream: str, line: str, incarnation: int, pid: int | None) -> None:
     """A line an agent printed; stderr is where tracebacks and warnings go, so it logs as a warning."""
-    logger.bind(agent=agent, event=stream, incarnation=incarnation, pid=pid).log(
+    logger.bind(agent=agent, event=stream, incarnation=incarnation, pid=pid, fields={}).log(
         "WARNING" if stream == "stderr" else "INFO", line)

@@ -213,9 +213,11 @@ class Lifecycle:
                 return self._after_failure(now, f"{failure}, {description}", clean_exit=False)
             if self._start_on_exit and self.holding is None:
                 self._start_on_exit = False
-                return [self._go(State.STARTING, f"restart, {description}", now), Spawn()]
+                return [self._go(State.STARTING, f"{self.reason}: {description}; starting again", now), Spawn()]
             self._start_on_exit = False
-            return [self._go(State.STOPPED, f"stopped, {description}", now)]
+            # the reason it was stopped stays in the new one: `stopped` alone cannot tell an operator's
+            # stop from an idle timeout or an eviction
+            return [self._go(State.STOPPED, f"{self.reason}: {description}", now)]
         if self.state in (State.STARTING, State.READY):
             what = "exited during start" if self.state is State.STARTING else "exited"
             return self._after_failure(now, f"{what}, {description}", clean_exit)

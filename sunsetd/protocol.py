@@ -38,6 +38,12 @@ class ErrorCode(str, enum.Enum):
     SHUTTING_DOWN = "shutting_down"
 
 
+# Topics of the events socket (PUB, $RUNTIME/events.sock; see sunsetd.events): the first frame of each
+# message, the second its msgpack body.
+LOG_TOPIC = b"log:"  # [seq, time, agent, incarnation, stream, text]: a line of an agent's log
+EVENT_TOPIC = b"event:"  # {time, level, agent, event, msg, fields, incarnation, pid}: anything but output
+
+
 class ControlOp(str, enum.Enum):
     """Ops of requests addressed to the daemon itself (`to: "sunsetd"`)."""
 
@@ -47,6 +53,8 @@ class ControlOp(str, enum.Enum):
     RESTART = "restart"
     RELOAD = "reload"
     RELOAD_WAIT = "reload_wait"  # the outcome of a reload once it has settled
+    SIGNAL = "signal"
+    LOGS = "logs"
     SHUTDOWN = "shutdown"
 
 
@@ -228,6 +236,7 @@ class Launch:
     run: str = ""  # module:Class of a Python agent
     concurrency: int = 1
     config: Mapping[str, Any] = field(default_factory=dict)
+    profile: str = ""  # the profile it was started in: for its process title
     version: int = LAUNCH_VERSION
 
     @property
@@ -236,8 +245,14 @@ class Launch:
 
     @property
     def title(self) -> str:
-        """What `ps` shows for this incarnation."""
-        return f"{self.name}#{self.incarnation}"
+        """What `ps`, `systemctl status` and `systemd-cgls` show for this incarnation: the agent, its
+        incarnation, the profile and the runtime directory (several daemons may run side by side)."""
+        title = f"sunsetd-agent {self.name}#{self.incarnation}"
+        if self.profile:
+            title += f" profile={self.profile}"
+        if self.agents_endpoint.startswith("ipc://"):
+            title += f" rundir={self.agents_endpoint[len('ipc://'):].rpartition('/')[0]}"
+        return title
 
     def encode(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
@@ -265,12 +280,13 @@ class Launch:
             "run": lambda v: isinstance(v, str),
             "concurrency": lambda v: _is_int(v) and v >= 1,
             "config": lambda v: isinstance(v, dict),
+            "profile": lambda v: isinstance(v, str),
         }
         unknown = set(raw) - set(checks) - {"version"}
         if unknown:
             raise ProtocolError(f"launch has unknown field {sorted(unknown)[0]!r}")
         for key, ok in checks.items():
-            if key not in raw and key in ("run", "concurrency", "config"):
+            if key not in raw and key in ("run", "concurrency", "config", "profile"):
                 continue
             if key not in raw or not ok(raw[key]):
                 raise ProtocolError(f"launch field {key!r} is missing or invalid: {raw.get(key)!r:.80}")

@@ -8,6 +8,7 @@ process, a socket or a clock: the supervisor feeds transitions and `now`, and ca
 """
 from __future__ import annotations
 
+import dataclasses
 import enum
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -26,6 +27,19 @@ class ReloadPlan:
     changed: tuple[str, ...]
     unchanged: int
     previous: Mapping[str, AgentSpec]  # the definition each changed agent had
+
+
+def differences(old: AgentSpec, new: AgentSpec) -> list[str]:
+    """The fields in which two definitions of an agent differ."""
+    return [f.name for f in dataclasses.fields(old) if getattr(old, f.name) != getattr(new, f.name)]
+
+
+def preview(p: ReloadPlan) -> dict[str, Any]:
+    """What applying the plan would do (`sunsetctl reload --dry-run`), and to which fields."""
+    moved = set(p.added) | set(p.changed)
+    return {"dry_run": True, "profile": p.profile.name, "added": list(p.added), "removed": list(p.removed),
+            "changed": {n: differences(p.previous[n], p.profile.by_name[n]) for n in p.changed},
+            "unchanged": [n for n in p.profile.by_name if n not in moved]}
 
 
 def plan(current: Mapping[str, AgentSpec], new: Profile) -> ReloadPlan:

@@ -28,7 +28,7 @@ NOBLOCK = int(zmq.NOBLOCK)  # a plain int: pyzmq spends more on its flag enums t
 FRONT_SNDHWM = 10_000  # replies buffered for a client that reads slowly, before they count as undeliverable
 
 
-def _router_socket(ctx: zmq.Context, runtime_dir: Path, name: str) -> zmq.Socket:
+def _router_socket(ctx: zmq.Context, runtime_dir: Path, name: str, access: rundir.Access, shared: bool) -> zmq.Socket:
     sock = ctx.socket(zmq.ROUTER)
     # Without ROUTER_MANDATORY a message to a gone or full peer vanishes silently; with it we learn
     # EHOSTUNREACH or EAGAIN and the book decides what the request gets.
@@ -37,16 +37,17 @@ def _router_socket(ctx: zmq.Context, runtime_dir: Path, name: str) -> zmq.Socket
     sock.setsockopt(zmq.LINGER, 100)
     sock.setsockopt(zmq.SNDHWM, FRONT_SNDHWM)
     sock.bind(rundir.endpoint(runtime_dir, name))
-    os.chmod(runtime_dir / name, 0o600)
+    access.socket(runtime_dir / name, shared)
     return sock
 
 
 class Router:
-    def __init__(self, ctx: zmq.Context, runtime_dir: Path, book: RequestBook, timers: Timers):
+    def __init__(self, ctx: zmq.Context, runtime_dir: Path, book: RequestBook, timers: Timers,
+                 access: rundir.Access = rundir.Access()):
         self.book = book
         self.timers = timers
-        self.front = _router_socket(ctx, runtime_dir, rundir.FRONT_SOCKET)
-        self.agents = _router_socket(ctx, runtime_dir, rundir.AGENTS_SOCKET)
+        self.front = _router_socket(ctx, runtime_dir, rundir.FRONT_SOCKET, access, shared=True)
+        self.agents = _router_socket(ctx, runtime_dir, rundir.AGENTS_SOCKET, access, shared=False)
         self.replies: Counter[str] = Counter()  # "ok" or error code -> replies sent
         self.counters: Counter[str] = Counter()  # bad frames, unknown peers, undeliverable replies, ...
         # where the decisions that are not the router's own go (set by the daemon)

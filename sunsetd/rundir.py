@@ -8,10 +8,14 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 FRONT_SOCKET = "sunsetd.sock"
 AGENTS_SOCKET = "agents.sock"
+EVENTS_SOCKET = "events.sock"  # PUB: transitions, exits, reloads and agents' log lines as they happen
+SOCKETS = (FRONT_SOCKET, AGENTS_SOCKET, EVENTS_SOCKET)
+SYSTEM_DIR = Path("/run/sunsetd")  # the installed service's: what a non-root operator falls back to
 LOCK_FILE = "sunsetd.lock"
 # sockaddr_un.sun_path is 108 bytes including the terminating NUL
 SUN_PATH_MAX = 107
@@ -21,16 +25,34 @@ class RuntimeDirError(RuntimeError):
     """The runtime directory cannot be used; the message says why and what to do."""
 
 
-def resolve(explicit: str | os.PathLike | None = None) -> Path:
+def resolve(explicit: str | os.PathLike | None = None, client: bool = False) -> Path:
+    """The runtime directory. A client (`client=True`) of a non-root user whose own default has no
+    daemon uses the system service's, when there is one: the way `sudo sunsetctl status` and an
+    operator in the service's socket group both reach the installed daemon without options."""
     if explicit:
         return Path(explicit)
     if os.environ.get("RUNTIME_DIRECTORY"):  # set by systemd's RuntimeDirectory=
         return Path(os.environ["RUNTIME_DIRECTORY"].split(":")[0])
     if os.environ.get("XDG_RUNTIME_DIR"):
-        return Path(os.environ["XDG_RUNTIME_DIR"]) / "sunsetd"
-    if os.geteuid() == 0:
-        return Path("/run/sunsetd")
-    return Path(f"/tmp/sunsetd-{os.getuid()}")
+        own = Path(os.environ["XDG_RUNTIME_DIR"]) / "sunsetd"
+    elif os.geteuid() == 0:
+        return SYSTEM_DIR
+    else:
+        own = Path(f"/tmp/sunsetd-{os.getuid()}")
+    if client and not (own / FRONT_SOCKET).exists() and _exists(SYSTEM_DIR / FRONT_SOCKET):
+        return SYSTEM_DIR
+    return own
+
+
+def _exists(path: Path) -> bool:
+    """Exists, or is there but not ours to see (a directory of the service's group we are not in)."""
+    try:
+        path.stat()
+        return True
+    except PermissionError:
+        return True
+    except OSError:
+        return False
 
 
 def endpoint(runtime_dir: Path, socket_name: str) -> str:
@@ -44,6 +66,38 @@ def check_path_length(runtime_dir: Path) -> None:
             f"runtime directory {runtime_dir} is too long for an ipc:// socket path "
             f"({len(str(longest))} > {SUN_PATH_MAX} bytes for {longest.name}); choose a shorter --runtime-dir"
         )
+
+
+@dataclass(frozen=True)
+class Access:
+    """Who may use the runtime directory besides the daemon's uid: an operator group, or nobody.
+
+    Clients' sockets (front, events) are shared with the group; the agents socket and the lock never
+    are. The directory opens to the group only once every socket in it has its final mode."""
+
+    gid: int | None = None
+
+    def socket(self, path: Path, shared: bool) -> None:
+        if shared and self.gid is not None:
+            os.chown(path, -1, self.gid)
+            os.chmod(path, 0o660)
+        else:
+            os.chmod(path, 0o600)
+
+    def open_directory(self, runtime_dir: Path) -> None:
+        if self.gid is not None:
+            os.chown(runtime_dir, -1, self.gid)
+            os.chmod(runtime_dir, 0o750)
+
+
+def group_id(name: str) -> int:
+    """The gid of a group given by name or number, or RuntimeDirError saying it does not exist."""
+    import grp
+
+    try:
+        return grp.getgrgid(int(name)).gr_gid if name.isdigit() else grp.getgrnam(name).gr_gid
+    except (KeyError, OverflowError):
+        raise RuntimeDirError(f"--socket-group {name}: no such group") from None
 
 
 class RuntimeLock:
@@ -80,7 +134,7 @@ class RuntimeLock:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self.fd = fd
-        for name in (FRONT_SOCKET, AGENTS_SOCKET):  # left by a daemon that died without cleaning up
+        for name in SOCKETS:  # left by a daemon that died without cleaning up
             try:
                 (self.runtime_dir / name).unlink()
             except FileNotFoundError:
@@ -89,7 +143,7 @@ class RuntimeLock:
     def release(self) -> None:
         if self.fd is None:
             return
-        for name in (FRONT_SOCKET, AGENTS_SOCKET):
+        for name in SOCKETS:
             try:
                 (self.runtime_dir / name).unlink()
             except FileNotFoundError:

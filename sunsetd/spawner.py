@@ -85,6 +85,7 @@ class ProcessHandle(Protocol):
     def kill(self) -> None: ...
     def pause(self) -> None: ...
     def resume(self) -> None: ...
+    def signal(self, sig: int) -> None: ...  # any signal, to its group (an operator's `sunsetctl signal`)
     def memory(self, fresh: bool = False) -> int | None: ...
 
 
@@ -159,11 +160,11 @@ def rss_of(pid: int) -> int | None:
 
 
 def launch_of(spec: AgentSpec, incarnation: int, agents_endpoint: str, front_endpoint: str,
-              parent_pid: int) -> Launch:
+              parent_pid: int, profile: str = "") -> Launch:
     return Launch(name=spec.name, incarnation=incarnation, agents_endpoint=agents_endpoint,
                   front_endpoint=front_endpoint, heartbeat_ms=spec.heartbeat_ms, liveness=spec.liveness,
                   stop_timeout_s=spec.stop_timeout_s, parent_pid=parent_pid, run=spec.run,
-                  concurrency=spec.concurrency, config=spec.config)
+                  concurrency=spec.concurrency, config=spec.config, profile=profile)
 
 
 # ---- local processes -----------------------------------------------------------------------------------
@@ -189,7 +190,7 @@ class LocalHandle:
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {routing_id(self.name, self.incarnation).decode()} pid={self.pid}>"
 
-    def _signal(self, sig: int) -> None:
+    def signal(self, sig: int) -> None:
         if self.reaped:
             return  # never signal a reaped pid: the number may belong to someone else by now
         if self.pid is None:
@@ -208,17 +209,17 @@ class LocalHandle:
             pass
 
     def terminate(self) -> None:
-        self._signal(signal.SIGTERM)
-        self._signal(signal.SIGCONT)  # a frozen agent must run to obey the SIGTERM
+        self.signal(signal.SIGTERM)
+        self.signal(signal.SIGCONT)  # a frozen agent must run to obey the SIGTERM
 
     def kill(self) -> None:
-        self._signal(signal.SIGKILL)
+        self.signal(signal.SIGKILL)
 
     def pause(self) -> None:
-        self._signal(signal.SIGSTOP)
+        self.signal(signal.SIGSTOP)
 
     def resume(self) -> None:
-        self._signal(signal.SIGCONT)
+        self.signal(signal.SIGCONT)
 
     def memory(self, fresh: bool = False) -> int | None:
         if fresh and self.pid is not None and not self.reaped:
@@ -234,8 +235,9 @@ class LocalSpawner:
     """
 
     def __init__(self, runtime_dir: Path, fds: FdWatcher, timers: Timers, python: str = sys.executable,
-                 env: dict | None = None):
+                 env: dict | None = None, profile_name: Callable[[], str] = lambda: ""):
         self.runtime_dir = runtime_dir
+        self.profile_name = profile_name  # the running profile's, for the agents' process titles
         self.fds = fds
         self.timers = timers
         self.python = python
@@ -254,7 +256,7 @@ class LocalSpawner:
 
     # ---- the interface
     def launch(self, spec: AgentSpec, incarnation: int) -> Launch:
-        return launch_of(spec, incarnation, self.agents_endpoint, self.front_endpoint, self.pid)
+        return launch_of(spec, incarnation, self.agents_endpoint, self.front_endpoint, self.pid, self.profile_name())
 
     def spawn(self, spec: AgentSpec, incarnation: int, listener: Listener) -> LocalHandle:
         handle = LocalHandle(spec.name, incarnation, listener)
@@ -328,7 +330,7 @@ class LocalSpawner:
             self.timers.call_soon(lambda: self._on_exit(handle))
         early, handle._early_signals = handle._early_signals, []
         for sig in early:
-            handle._signal(sig)
+            handle.signal(sig)
 
     def _announce(self, handle: LocalHandle) -> None:
         if not handle.announced:
@@ -365,7 +367,7 @@ class LocalSpawner:
             self.fds.unwatch(handle.pidfd)
         # Until reaped, the zombie leader keeps the process-group id reserved, so this cannot hit an
         # unrelated group: what the agent started dies with it.
-        handle._signal(signal.SIGKILL)
+        handle.signal(signal.SIGKILL)
         code = self._reap(handle)
         handle.reaped = True
         self.handles.pop(handle.pid, None)
@@ -478,10 +480,11 @@ class ForkSpawner(LocalSpawner):
     MAX_ZYGOTE_FAILURES = 3
 
     def __init__(self, runtime_dir: Path, fds: FdWatcher, timers: Timers, python: str = sys.executable,
-                 env: dict | None = None, server: ForkServer | None = None):
+                 env: dict | None = None, server: ForkServer | None = None,
+                 profile_name: Callable[[], str] = lambda: ""):
         """`server`: a zygote already started (the daemon starts it first thing, so that its imports
         overlap the daemon's own)."""
-        super().__init__(runtime_dir, fds, timers, python, env)
+        super().__init__(runtime_dir, fds, timers, python, env, profile_name)
         self.failures = 0
         self.server: ForkServer | None = None
         if not self.subreaper:  # a forked agent becomes our child only through the subreaper

@@ -11,6 +11,7 @@ touches a pid, and reads time only from its injected Timers.
 from __future__ import annotations
 
 import random
+import signal
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
@@ -30,6 +31,13 @@ LAZY_START = "first request"  # the reason given when a request starts a lazy ag
 LAST_REPLIES_CLEAN_S = 0.1  # a clean exit's last replies may still be in libzmq's buffers this long
 LAST_REPLIES_CRASH_S = 0.002  # and a crash's: what it wrote before dying is read within a loop round
 RECHECK_S = 0.01  # a heartbeat verdict deferred while the loop has unread messages
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
 
 
 class AgentChannel(Protocol):
@@ -55,6 +63,15 @@ class Listener(Protocol):
     def all_ready(self) -> None: ...
 
 
+@dataclass(frozen=True)
+class LastExit:
+    incarnation: int
+    description: str  # "exit code 1", "killed by SIGKILL"
+    at: float  # the supervisor's clock
+    uptime_s: float
+    asked: bool  # it had been asked to stop
+
+
 @dataclass(eq=False)
 class AgentSlot:
     lifecycle: Lifecycle
@@ -65,6 +82,8 @@ class AgentSlot:
     last_heard: float = 0.0
     heartbeat_misses: int = 0
     lazy_start_at: float | None = None  # when a request started this lazy agent, until it is ready
+    stop_reason: str | None = None  # why it is to stop once its dependents have (a group stop)
+    last_exit: "LastExit | None" = None
     deadline_timer: Timer | None = None
     heartbeat_timer: Timer | None = None
     reload_watch: SettleWatch | None = None
@@ -105,6 +124,7 @@ class Supervisor:
         self._on_settled: dict[int, Callable[[ReloadOutcome], None]] = {}  # reload number -> callback
         self._views: dict[str, AgentView] = {}
         self._idle_timer: Timer | None = None
+        self._restart_groups: list[list[str]] = []  # group restarts waiting for all their agents to stop
         self._wire_dependencies()
 
     # ---- queries
@@ -162,9 +182,10 @@ class Supervisor:
     def _maybe_stop(self, slot: AgentSlot) -> None:
         if slot.wanted or slot.state in (State.STOPPED, State.STOPPING):
             return
-        if any(d.lifecycle.running for d in slot.dependents):
-            return  # reverse order: dependents stop first
-        reason = "shutdown" if self.stopping else "removed by reload" if slot.removed else "stop"
+        if any(d.lifecycle.running and not d.wanted for d in slot.dependents):
+            return  # reverse order: dependents that are stopping too stop first
+        reason = "shutdown" if self.stopping else "removed by reload" if slot.removed else slot.stop_reason or "stop"
+        slot.stop_reason = None
         self._apply(slot, slot.lifecycle.stop(self.timers.now(), reason))
 
     def shutdown(self) -> None:
@@ -222,6 +243,52 @@ class Supervisor:
         slot.wanted = False
         self._apply(slot, slot.lifecycle.stop(self.timers.now(), reason))
 
+    def stop_agents(self, names: list[str], reason: str = "operator stop") -> None:
+        """Stop several agents in reverse dependency order: each once those of its dependents that are
+        stopping with it have stopped (a dependent outside the group does not hold it up)."""
+        for name in names:
+            slot = self.slots[name]
+            slot.wanted, slot.stop_reason = False, reason
+        for name in names:
+            self._maybe_stop(self.slots[name])
+
+    def restart_agents(self, names: list[str]) -> str | None:
+        """One agent: restart_agent. Several: stop them all in reverse dependency order, then start them
+        all in dependency order (a dependent never runs against a half-restarted group)."""
+        if len(names) == 1:
+            return self.restart_agent(names[0])
+        if self.stopping:
+            return "sunsetd is shutting down"
+        self._restart_groups.append(list(names))
+        self.stop_agents(names, "operator restart")
+        self._restart_stopped_groups()
+        return None
+
+    def restarting(self, name: str) -> bool:
+        """Stopped on the way to a group restart: it starts again once the whole group has stopped."""
+        return any(name in group for group in self._restart_groups)
+
+    def _restart_stopped_groups(self) -> None:
+        for group in list(self._restart_groups):
+            slots = [self.slots.get(n) for n in group]
+            if all(s is None or (s.state is State.STOPPED and s.handle is None) for s in slots):
+                self._restart_groups.remove(group)
+                for name in group:
+                    if self.slot(name) is not None and not self.stopping:
+                        self.start_agent(name, "operator restart")
+
+    def signal_agents(self, names: list[str], signum: int) -> list[str]:
+        """Send a signal to the running processes of these agents; returns those that had one."""
+        sent = []
+        for name in names:
+            handle = self.slots[name].handle
+            if handle is not None:
+                logs.event(name, "signal", f"{_signal_name(signum)} from an operator", incarnation=handle.incarnation,
+                           pid=handle.pid)
+                handle.signal(signum)
+                sent.append(name)
+        return sent
+
     def restart_agent(self, name: str) -> str | None:
         """A new incarnation, not counted as a failure; one not running starts as start_agent would.
         Returns why it cannot, or None."""
@@ -257,8 +324,10 @@ class Supervisor:
         level = "WARNING" if t.new in (State.BACKOFF, State.FAILED) else "INFO"
         handle = slot.handle
         incarnation = self.incarnation(slot.name)
+        # a transition to starting is the next incarnation's (its spawn follows at once)
+        logged = incarnation + 1 if t.new is State.STARTING else incarnation
         logs.event(slot.name, "state", f"{t.old.value} -> {t.new.value}", level, reason=t.reason,
-                   incarnation=incarnation or None, pid=handle.pid if handle else None)
+                   incarnation=logged or None, pid=handle.pid if handle else None)
         now = self.timers.now()
         if t.new is State.READY:
             if slot.lazy_start_at is not None:
@@ -282,6 +351,8 @@ class Supervisor:
             for dep in slot.dependencies:
                 self._maybe_stop(dep)
             self._maybe_start(slot)  # wanted again while it was stopping (a request for a lazy agent)
+            if self._restart_groups:
+                self._restart_stopped_groups()
 
     def _check_all_ready(self) -> None:
         if self.all_ready_at is None and all(
@@ -376,6 +447,7 @@ class Supervisor:
         slot.heartbeat_timer = None
         asked = slot.state is State.STOPPING
         uptime = now - handle.started_at if handle.started_at is not None else 0.0
+        slot.last_exit = LastExit(handle.incarnation, event.description, now, round(uptime, 3), asked)
         logs.event(slot.name, "exit", event.description, "INFO" if asked else "WARNING", uptime_s=f"{uptime:.3f}",
                    incarnation=handle.incarnation, pid=handle.pid)
         actions = slot.lifecycle.exited(now, event.description, clean_exit=event.code == 0)
@@ -622,6 +694,11 @@ class Supervisor:
             "heartbeat_misses": slot.heartbeat_misses,
             "circuit": slot.lifecycle.circuit.value,
             "reason": slot.lifecycle.reason,
+            "never_started": self.incarnation(name) == 0,
+            "last_exit": None if slot.last_exit is None else {
+                "incarnation": slot.last_exit.incarnation, "description": slot.last_exit.description,
+                "ago_s": round(now - slot.last_exit.at, 3), "uptime_s": slot.last_exit.uptime_s,
+                "asked": slot.last_exit.asked},
             "memory_mb": slot.spec.memory_mb,
             "max_queue": slot.spec.max_queue,
             "depends_on": list(slot.spec.depends_on),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import random
+import signal
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,6 +67,9 @@ class FakeHandle:
 
     def kill(self) -> None:
         self.signals.append("KILL")
+
+    def signal(self, sig: int) -> None:
+        self.signals.append(signal.Signals(sig).name.removeprefix("SIG"))
 
     def pause(self) -> None:
         self.signals.append("STOP")

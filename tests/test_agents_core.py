@@ -62,11 +62,11 @@ def test_all_sixteen_ready_in_dependency_order(core):
     assert all(a["state"] == "ready" and a["essential"] and not a["lazy"] for a in status["agents"])
     assert status["counts"]["essential_ready"] == 16
     log = core.log()
-    assert re.search(r"sunsetd ready all 16 essential agents ready startup_ms=\d+", log)
+    assert re.search(r'agent=sunsetd event=ready msg="all 16 essential agents ready" startup_ms=\d+', log)
     # the 7 levels: the deepest agents start only after the chain below them is ready
-    assert log.index("ServiceRegistry state starting -> ready") < log.index("ObservabilityHub spawn")
-    assert log.index("VRAMOptimizerAgent state starting -> ready") < log.index("RequestCoordinator spawn")
-    assert log.index("RequestCoordinator state starting -> ready") < log.index("LazyLoader spawn")
+    assert log.index('agent=ServiceRegistry event=state msg="starting -> ready"') < log.index("agent=ObservabilityHub event=spawn")
+    assert log.index('agent=VRAMOptimizerAgent event=state msg="starting -> ready"') < log.index("agent=RequestCoordinator event=spawn")
+    assert log.index('agent=RequestCoordinator event=state msg="starting -> ready"') < log.index("agent=LazyLoader event=spawn")
     assert "Traceback" not in log
 
 

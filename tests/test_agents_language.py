@@ -479,4 +479,4 @@ def test_no_tracebacks_and_no_critical_alerts(daemon):
     assert not [a for a in health["alerts"] if a["level"] == "critical"]
     restarted = sorted(a["agent"] for a in health["alerts"] if a["reason"].startswith("restarted"))
     assert restarted == sorted(KILLED)
-    assert re.search(r"NLLBAdapter exit .*SIGKILL", daemon.log())
+    assert re.search(r"agent=NLLBAdapter event=exit .*SIGKILL", daemon.log())

@@ -158,7 +158,7 @@ def test_eager_agents_ready_lazy_ones_stopped_and_all_registered(pc2):
         assert states[name]["state"] == "ready" and states[name]["essential"] and not states[name]["lazy"]
     for name in LAZY:
         assert states[name]["state"] == "stopped" and states[name]["lazy"] and not states[name]["essential"]
-    assert re.search(r"sunsetd ready all 24 essential agents ready", pc2.log())
+    assert re.search(r'agent=sunsetd event=ready msg="all 24 essential agents ready"', pc2.log())
     registered = pc2.call("ServiceRegistry", "list")["agents"]
     assert set(EAGER) <= set(registered)  # each registered itself at setup, through sunsetd
     assert registered["MemoryOrchestratorService"]["capabilities"] == ["memory.expiry", "memory.search", "memory.store"]

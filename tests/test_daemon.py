@@ -47,8 +47,8 @@ def test_all_ready_in_dependency_order(start_daemon):
     assert [a["state"] for a in status["agents"]] == ["ready"] * 3
     log = d.log()
     # each level is spawned only after the level below it is ready
-    assert log.index("Base state starting -> ready") < log.index("Middle spawn")
-    assert log.index("Middle state starting -> ready") < log.index("Top spawn")
+    assert log.index('agent=Base event=state msg="starting -> ready"') < log.index("agent=Middle event=spawn")
+    assert log.index('agent=Middle event=state msg="starting -> ready"') < log.index("agent=Top event=spawn")
     assert d.call("Top", "relay", {"to": "Base", "op": "echo", "body": [1, "two"]}) == [1, "two"]
 
 
@@ -60,7 +60,7 @@ def test_sigkill_of_an_agent_is_replaced_and_serving(start_daemon):
     assert psutil.Process(new).is_running()
     agent = d.agent("Middle")
     assert agent["restarts"] == 1 and agent["state"] == "ready" and agent["pid"] == new
-    assert re.search(r"Middle exit killed by SIGKILL", d.log())
+    assert re.search(r'agent=Middle event=exit msg="killed by SIGKILL"', d.log())
 
 
 def test_sigstop_of_an_agent_is_found_by_heartbeats_killed_and_replaced(start_daemon):
@@ -68,7 +68,7 @@ def test_sigstop_of_an_agent_is_found_by_heartbeats_killed_and_replaced(start_da
     old = d.call("Middle", "pid")
     os.kill(old, signal.SIGSTOP)
     new_pid_answers(d, "Middle", old)
-    assert "Middle state ready -> stopping reason='hung: no heartbeat" in d.log()
+    assert 'agent=Middle event=state msg="ready -> stopping" reason="hung: no heartbeat' in d.log()
     wait_until(lambda: not psutil.pid_exists(old) or psutil.Process(old).status() == psutil.STATUS_ZOMBIE,
                5.0, what="the frozen incarnation to be gone")
     assert d.agent("Middle")["heartbeat_misses"] == 1
@@ -83,7 +83,7 @@ def test_an_agent_wedged_in_c_is_killed_after_its_stop_timeout(start_daemon):
     assert info.value.code == "agent_crashed" and "SIGKILL" in info.value.message
     assert 1.5 < time.monotonic() - t0 < 10.0  # hung found, SIGTERM ignored, SIGKILL after stop_timeout_s
     new_pid_answers(d, "Worker", old)
-    assert "Worker kill SIGKILL after stop_timeout_s=2" in d.log()
+    assert 'agent=Worker event=kill msg="SIGKILL after stop_timeout_s=2' in d.log()
 
 
 def test_teardown_may_call_other_agents(start_daemon):
@@ -91,15 +91,15 @@ def test_teardown_may_call_other_agents(start_daemon):
     t0 = time.monotonic()
     assert d.call("sunsetd", "stop", {"agent": "Top"})["state"] == "stopped"
     assert time.monotonic() - t0 < 1.5
-    assert 'Top stdout teardown call: pong' in d.log()
-    assert re.search(r"Top exit exit code 0", d.log())
+    assert 'agent=Top event=stdout msg="teardown call: pong"' in d.log()
+    assert re.search(r'agent=Top event=exit msg="exit code 0"', d.log())
 
 
 def test_agent_output_reaches_the_daemon_log_tagged_with_its_name(start_daemon):
     d = start_daemon(MINI)
     d.call("Middle", "say", "hello there")
-    wait_until(lambda: "Middle stdout said hello there" in d.log(), 5.0, what="the stdout line")
-    wait_until(lambda: re.search(r"WARNING +Middle stderr complained hello there", d.log()), 5.0,
+    wait_until(lambda: 'agent=Middle event=stdout msg="said hello there"' in d.log(), 5.0, what="the stdout line")
+    wait_until(lambda: re.search(r'level=warning agent=Middle event=stderr msg="complained hello there"', d.log()), 5.0,
                what="the stderr line, as a warning")
 
 
@@ -279,7 +279,7 @@ def test_sigterm_answers_queued_requests_and_stops_in_reverse_order(start_daemon
     assert [replies[i]["error"]["code"] for i in ids[1:]] == ["shutting_down", "shutting_down"]
     assert d.proc.wait(20) == 0
     log = d.log()
-    assert log.index("Worker exit") < log.index("Base state ready -> stopping")
+    assert log.index("agent=Worker event=exit") < log.index('agent=Base event=state msg="ready -> stopping"')
     assert not processes_using(d.runtime_dir)
 
 
@@ -308,7 +308,7 @@ def test_sunsetctl(start_daemon):
     table = run_ctl(d, "status")
     assert table.returncode == 0
     header = table.stdout.splitlines()[1].split()
-    assert header == ["NAME", "STATE", "PID", "UPTIME", "RESTARTS", "RSS", "HEARTBEAT"]
+    assert header == ["NAME", "STATE", "PID", "INC", "UPTIME", "RESTARTS", "RSS", "HEARTBEAT", "FLAGS", "REASON"]
     rows = [line.split() for line in table.stdout.splitlines()[2:]]
     assert "profile mini" in table.stdout and [r[1] for r in rows] == ["ready"] * 3
     status = json.loads(run_ctl(d, "status", "--json").stdout)
@@ -403,9 +403,9 @@ def test_a_second_signal_kills_every_agent_and_nothing_starts_again(start_daemon
         assert d.proc.wait(20) == 0
     assert time.monotonic() - t0 < 3.0
     log = d.log()
-    after = log[log.index("sunsetd shutdown SIGTERM"):]
+    after = log[log.index("agent=sunsetd event=shutdown msg=SIGTERM"):]
     assert "killing every agent now" in after
-    assert " spawn " not in after and "-> starting" not in after
+    assert " event=spawn " not in after and "-> starting" not in after
     assert "not restarted: shutdown" in after
 
 

@@ -23,7 +23,8 @@ def test_forked_agents_are_children_of_the_daemon_in_their_own_sessions(start_da
         proc = psutil.Process(a["pid"])
         assert proc.ppid() == d.proc.pid
         assert os.getpgid(a["pid"]) == a["pid"] and os.getsid(a["pid"]) == a["pid"]
-        assert proc.name() == f"{a['name']}#1"
+        assert proc.name() == a["name"][:15]
+        assert " ".join(x for x in proc.cmdline() if x).startswith(f"sunsetd-agent {a['name']}#1 profile=mini")
     draws = {d.call(a["name"], "random") for a in agents}
     assert len(draws) == len(agents)  # the zygote's random state is not shared by its forks
 
@@ -31,7 +32,7 @@ def test_forked_agents_are_children_of_the_daemon_in_their_own_sessions(start_da
 def test_the_exec_spawner_still_works(start_daemon):
     d = start_daemon(MINI, "--spawner", "exec")
     pid = d.call("Middle", "pid")
-    assert "sunsetd.agent" in " ".join(psutil.Process(pid).cmdline())
+    assert " ".join(psutil.Process(pid).cmdline()).startswith("sunsetd-agent Middle#1 profile=mini")
     assert psutil.Process(pid).ppid() == d.proc.pid and os.getsid(pid) == pid
     os.kill(pid, signal.SIGKILL)
     d.wait_agent("Middle", lambda a: a["state"] == "ready" and a["pid"] != pid, what="replaced by exec")
@@ -39,9 +40,9 @@ def test_the_exec_spawner_still_works(start_daemon):
 
 def test_a_dead_zygote_is_replaced_and_agents_still_restart(start_daemon):
     d = start_daemon(MINI)
-    def zygotes() -> list[psutil.Process]:  # forked agents share its command line, not its name
-        return [p for p in processes_using(d.runtime_dir) if "sunsetd.forkserver" in " ".join(p.cmdline())
-                and p.ppid() == d.proc.pid and "#" not in p.name()]
+    def zygotes() -> list[psutil.Process]:
+        return [p for p in processes_using(d.runtime_dir) if p.cmdline()[0].startswith("sunsetd-zygote ")
+                and p.ppid() == d.proc.pid]
 
     (zygote,) = zygotes()
     zygote.kill()
@@ -63,6 +64,6 @@ def test_an_orphan_left_behind_by_a_dead_agent_is_killed(start_daemon, spawner):
     os.kill(pid, signal.SIGKILL)  # its detached child escapes the group kill and is handed to us
     wait_until(lambda: not psutil.pid_exists(orphan) or psutil.Process(orphan).status() == psutil.STATUS_ZOMBIE,
                5.0, what="the orphan to be killed")
-    wait_until(lambda: "orphan killed sleep left behind by a dead agent" in d.log(), 5.0, what="the orphan log line")
+    wait_until(lambda: 'event=orphan msg="killed sleep left behind by a dead agent"' in d.log(), 5.0, what="the orphan log line")
     time.sleep(0.3)
     assert not psutil.pid_exists(orphan)  # and reaped: no zombie either

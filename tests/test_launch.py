@@ -21,7 +21,13 @@ def launch(**overrides) -> Launch:
 def test_a_launch_survives_encoding_and_names_its_routing_id():
     original = launch()
     assert Launch.decode(original.encode()) == original
-    assert original.routing_id == b"vision.detector#3" and original.title == "vision.detector#3"
+    assert original.routing_id == b"vision.detector#3"
+
+
+def test_the_process_title_names_agent_incarnation_profile_and_runtime_dir():
+    assert launch(profile="vision").title == "sunsetd-agent vision.detector#3 profile=vision rundir=/run/sunsetd"
+    remote = launch(agents_endpoint="tcp://10.0.0.2:7000", front_endpoint="tcp://10.0.0.2:7001")
+    assert remote.title == "sunsetd-agent vision.detector#3"  # no profile known, no local directory
 
 
 def test_tcp_endpoints_are_expressible():

@@ -32,8 +32,8 @@ def test_first_request_starts_lazy_dependencies_in_order_and_requests_keep_arriv
         replies = [c.recv(20) for _ in ids]
     assert [r["body"] for r in replies] == list(range(6))  # all answered, in the order they arrived
     log = d.log()
-    assert log.index("LazyDep state starting -> ready") < log.index("LazyTop spawn")
-    assert "LazyDep state stopped -> starting reason='first request'" not in log  # started as a dependency
+    assert log.index('agent=LazyDep event=state msg="starting -> ready"') < log.index("agent=LazyTop event=spawn")
+    assert 'agent=LazyDep event=state msg="stopped -> starting" reason="first request"' not in log  # started as a dependency
     assert states(d)["LazyTop"] == "ready" and states(d)["LazyDep"] == "ready"
 
 
@@ -43,8 +43,8 @@ def test_idle_lazy_agents_stop_dependents_first_and_it_is_not_a_restart(start_da
     d.wait_agent("LazyTop", lambda a: a["state"] == "stopped", timeout=10, what="idle stop")
     d.wait_agent("LazyDep", lambda a: a["state"] == "stopped", timeout=10, what="idle stop")
     log = d.log()
-    assert "LazyTop state ready -> stopping reason='idle for" in log
-    assert log.index("LazyTop exit") < log.index("LazyDep state ready -> stopping")
+    assert 'agent=LazyTop event=state msg="ready -> stopping" reason="idle for' in log
+    assert log.index("agent=LazyTop event=exit") < log.index('agent=LazyDep event=state msg="ready -> stopping"')
     assert all(a["restarts"] == 0 for a in d.status()["agents"])
     assert d.call("LazyTop", "echo", "again", timeout=20) == "again"  # and it comes back on demand
 
@@ -59,7 +59,7 @@ def test_lru_eviction_under_the_budget_and_overloaded_when_nothing_can_go(start_
     assert d.call("HeavyC", "echo", 3, timeout=20) == 3
     s = states(d)
     assert s["HeavyB"] == "stopped" and s["HeavyA"] == "ready" and s["HeavyC"] == "ready"
-    assert "HeavyB state ready -> stopping reason='evicted for HeavyC: memory budget 330 MB'" in d.log()
+    assert 'agent=HeavyB event=state msg="ready -> stopping" reason="evicted for HeavyC: memory budget 330 MB"' in d.log()
     with pytest.raises(RemoteError) as info:
         d.call("Giant", "echo", 4)
     assert info.value.code == "overloaded" and "memory budget of 330 MB" in info.value.message
@@ -74,7 +74,7 @@ def test_agent_over_max_rss_is_restarted_with_reason_memory(start_daemon):
     assert d.call("Hog", "alloc", 100) == 100
     d.wait_agent("Hog", lambda a: a["restarts"] == 1 and a["state"] == "ready" and a["pid"] != old, timeout=15,
                  what="restart after exceeding max_rss_mb")
-    assert "Hog state ready -> stopping reason='memory: rss" in d.log()
+    assert 'agent=Hog event=state msg="ready -> stopping" reason="memory: rss' in d.log()
 
 
 def test_sunsetctl_start_prewarms_a_lazy_agent(start_daemon):

@@ -257,7 +257,7 @@ def test_operator_stop_start_and_restart_are_not_failures():
     assert h.channel.kinds("Top")[-1] is Kind.STOP and h.spawner.latest("Top").signals == ["TERM"]
     h.spawner.latest("Top").exit(0)
     h.request("Top")
-    assert h.codes() == ["unavailable"] and "Top is stopped (stopped, exit code 0)" in h.replies[0].message
+    assert h.codes() == ["unavailable"] and "Top is stopped (operator stop: exit code 0)" in h.replies[0].message
     assert h.sup.start_agent("Top") is None
     h.hello("Top")
     h.sup.restart_agent("Top")

@@ -1,0 +1,209 @@
+"""The operator's tools without a daemon: log buffers and files, logfmt, agent selection, signals,
+group stop and restart on the fake supervisor, the reload preview, and how status explains itself."""
+from __future__ import annotations
+
+import json
+import signal
+
+from fakes import Harness, profile, spec
+from sunsetd.agentlogs import AgentLogs, LogFiles
+from sunsetd.cli import agent_reason, agent_state, format_status, status_code
+from sunsetd.control import select, signal_number
+from sunsetd.logfmt import event_text, logfmt, quote
+from sunsetd.policy import State
+from sunsetd.reload import plan, preview
+
+CHAIN = profile(spec("Base"), spec("Middle", depends_on=("Base",)), spec("Top", depends_on=("Middle",)),
+                spec("Other"))
+
+
+def up() -> Harness:
+    h = Harness(CHAIN).start()
+    h.bring_up()
+    assert set(h.states().values()) == {"ready"}
+    return h
+
+
+# ---- logfmt -----------------------------------------------------------------------------------------------
+
+def test_logfmt_quotes_with_double_quotes_only_when_it_must():
+    assert quote("ready") == "ready" and quote("KnowledgeBase#3") == "KnowledgeBase#3"
+    assert quote("operator stop") == '"operator stop"'
+    assert quote("it's") == '"it\'s"'  # never a Python repr: no single quotes around it
+    assert quote('say "hi"\n') == r'"say \"hi\"\n"'
+    assert quote("") == '""' and quote(3) == "3"
+    assert logfmt([("a", 1), ("b", None), ("c", "x y")]) == 'a=1 c="x y"'
+    event = {"agent": "KB", "event": "exit", "msg": "killed by SIGKILL", "fields": {"uptime_s": 1.5},
+             "incarnation": 2, "pid": 9}
+    assert event_text(event) == 'agent=KB event=exit msg="killed by SIGKILL" uptime_s=1.5 incarnation=2 pid=9'
+
+
+# ---- ring buffers -----------------------------------------------------------------------------------------
+
+def test_a_crash_traceback_stays_with_the_incarnation_that_printed_it():
+    logs = AgentLogs(lines_per_incarnation=3, incarnations_kept=2)
+    logs.append("KB", 1, "stderr", "Traceback (most recent call last):", 1.0)
+    logs.append("KB", 1, "stderr", "ZeroDivisionError", 1.1)
+    for k in range(10):
+        logs.append("KB", 2, "stdout", f"line {k}", 2.0 + k)  # the next incarnation talks a lot
+    assert [line.text for line in logs.lines(["KB"], incarnation=1)] == ["Traceback (most recent call last):",
+                                                                         "ZeroDivisionError"]
+    assert [line.text for line in logs.lines(["KB"], incarnation=2)] == ["line 7", "line 8", "line 9"]
+    logs.append("KB", 3, "stdout", "third", 20.0)
+    assert logs.incarnations("KB") == [2, 3]  # the oldest incarnation goes first
+    assert logs.dropped == 7 + 2
+
+
+def test_lines_are_numbered_per_agent_and_interleaved_by_time():
+    logs = AgentLogs()
+    logs.append("A", 1, "stdout", "a1", 1.0)
+    logs.append("B", 1, "stdout", "b1", 1.5)
+    logs.append("A", 1, "stdout", "a2", 2.0)
+    assert [(line.agent, line.seq) for line in logs.lines()] == [("A", 1), ("B", 1), ("A", 2)]
+    assert [line.text for line in logs.lines(n=2)] == ["b1", "a2"]
+    assert [line.text for line in logs.lines(after={"A": 1, "B": 1})] == ["a2"]  # a follower's gap
+    assert logs.lines(["A"], n=0) == [] and logs.last_seq("A") == 2 and logs.last_seq("C") == 0
+
+
+def test_buffers_are_bounded_in_bytes_and_answers_in_size():
+    logs = AgentLogs(lines_per_incarnation=10_000, bytes_per_incarnation=10_000)
+    for k in range(1000):
+        logs.append("A", 1, "stdout", "x" * 100, float(k))
+    kept = logs.lines(["A"])
+    assert sum(line.size for line in kept) <= 10_000 and kept[-1].seq == 1000
+    assert sum(line.size for line in logs.lines(["A"], max_bytes=1000)) <= 1000
+
+
+def test_log_files_rotate_by_size_and_keep_backups(tmp_path):
+    files = LogFiles(tmp_path / "logs", max_bytes=4096, backups=2)
+    for k in range(200):
+        assert files.write("KB", f"line={k} " + "x" * 50) is None
+    files.close()
+    names = sorted(p.name for p in (tmp_path / "logs").iterdir())
+    assert names == ["KB.log", "KB.log.1", "KB.log.2"]
+    for name in names:
+        assert (tmp_path / "logs" / name).stat().st_size <= 4096
+    assert (tmp_path / "logs" / "KB.log").read_text().splitlines()[-1].startswith("line=199 ")
+
+
+def test_a_log_file_that_cannot_be_written_is_reported_once(tmp_path):
+    files = LogFiles(tmp_path, max_bytes=4096, backups=1)
+    (tmp_path / "KB.log").mkdir()  # in the way
+    why = files.write("KB", "one")
+    assert why is not None and "KB.log" in why
+    assert files.write("KB", "two") is None  # said once; the daemon goes on
+
+
+# ---- selecting agents, signals ----------------------------------------------------------------------------
+
+NAMES = ["vision.detector", "vision.ocr", "NLUAgent", "KnowledgeBase"]
+
+
+def test_select_takes_names_globs_and_all_in_profile_order():
+    assert select(["vision.*"], NAMES) == ["vision.detector", "vision.ocr"]
+    assert select(["KnowledgeBase", "vision.ocr"], NAMES) == ["vision.ocr", "KnowledgeBase"]
+    assert select(["all"], NAMES) == NAMES
+    assert select(["*Agent", "NLUAgent"], NAMES) == ["NLUAgent"]
+    assert select(["Nope"], NAMES) == "no agent 'Nope'"
+    assert select(["audio.*"], NAMES) == "no agent matches 'audio.*'"
+
+
+def test_signal_numbers_by_name_or_number():
+    assert signal_number("HUP") == signal_number("SIGHUP") == signal_number("hup") == signal.SIGHUP
+    assert signal_number(10) == 10
+    assert signal_number("NOPE") is None and signal_number(True) is None and signal_number(999) is None
+
+
+# ---- operations on groups, on the fake supervisor ---------------------------------------------------------
+
+def test_a_group_stop_stops_dependents_first():
+    h = up()
+    h.sup.stop_agents(["Base", "Middle", "Top"])
+    # only Top is asked now; Middle waits for it, Base for Middle
+    assert [h.state(n) for n in ("Top", "Middle", "Base")] == [State.STOPPING, State.READY, State.READY]
+    h.spawner.latest("Top").exit(0)
+    assert h.state("Middle") is State.STOPPING and h.state("Base") is State.READY
+    h.spawner.latest("Middle").exit(0)
+    assert h.state("Base") is State.STOPPING
+    h.spawner.latest("Base").exit(0)
+    assert h.states() == {"Base": "stopped", "Middle": "stopped", "Top": "stopped", "Other": "ready"}
+    assert "operator stop: exit code 0" in h.sup.slots["Base"].lifecycle.reason
+
+
+def test_a_stop_of_one_agent_does_not_wait_for_dependents_outside_the_group():
+    h = up()
+    h.sup.stop_agents(["Base"])
+    assert h.state("Base") is State.STOPPING and h.state("Middle") is State.READY
+
+
+def test_a_group_restart_stops_all_dependents_first_then_starts_in_order():
+    h = up()
+    assert h.sup.restart_agents(["Base", "Middle", "Top"]) is None
+    for name in ("Top", "Middle", "Base"):
+        assert h.state(name) is State.STOPPING, h.states()
+        h.spawner.latest(name).exit(0)
+    # all stopped: now they start again, Base first
+    assert h.spawner.names()[-1] == "Base#2" and h.state("Middle") is State.STOPPED
+    h.hello("Base")
+    assert h.spawner.names()[-1] == "Middle#2"
+    h.hello("Middle")
+    h.hello("Top")
+    assert {n: h.sup.incarnation(n) for n in ("Base", "Middle", "Top")} == {"Base": 2, "Middle": 2, "Top": 2}
+    assert all(h.state(n) is State.READY for n in ("Base", "Middle", "Top")) and not h.sup.restarting("Base")
+
+
+def test_a_signal_goes_to_the_running_agents_only():
+    h = up()
+    h.sup.stop_agents(["Other"])
+    h.spawner.latest("Other").exit(0)
+    assert h.sup.signal_agents(["Base", "Other"], signal.SIGHUP) == ["Base"]
+    assert h.spawner.latest("Base").signals == ["HUP"]
+
+
+# ---- reload preview ---------------------------------------------------------------------------------------
+
+def test_a_dry_run_says_what_would_be_added_removed_changed_and_left_alone():
+    current = {s.name: s for s in CHAIN.agents}
+    new = profile(spec("Base"), spec("Middle", depends_on=("Base",), heartbeat_ms=500), spec("New"))
+    shown = preview(plan(current, new))
+    assert shown == {"dry_run": True, "profile": "test", "added": ["New"], "removed": ["Top", "Other"],
+                     "changed": {"Middle": ["heartbeat_ms"]}, "unchanged": ["Base"]}
+    json.dumps(shown)  # goes over the wire as it is
+
+
+# ---- status that says why ---------------------------------------------------------------------------------
+
+def agent(**fields):
+    base = {"name": "A", "state": "ready", "pid": 7, "incarnation": 1, "restarts": 0, "essential": True, "lazy": False,
+            "uptime_s": 3.0, "rss_bytes": 1 << 20, "heartbeat_age_ms": 10, "circuit": "closed", "reason": "ready",
+            "never_started": False, "last_exit": None}
+    return {**base, **fields}
+
+
+def test_status_tells_a_lazy_agent_never_started_from_one_an_operator_stopped():
+    never = agent(state="stopped", lazy=True, essential=False, never_started=True, incarnation=0, reason="not started")
+    stopped = agent(state="stopped", lazy=True, essential=False, incarnation=2, reason="operator stop: exit code 0")
+    assert (agent_state(never), agent_reason(never)) == ("not started", "lazy: starts on its first request")
+    assert (agent_state(stopped), agent_reason(stopped)) == ("stopped", "operator stop: exit code 0")
+
+
+def test_status_says_why_a_ready_agent_restarted():
+    crashed = agent(incarnation=3, restarts=2, last_exit={"incarnation": 2, "description": "killed by SIGKILL",
+                                                         "ago_s": 4.0, "uptime_s": 61.0, "asked": False})
+    assert agent_reason(crashed) == "last exit: killed by SIGKILL after 1m01s (#2, 4.0s ago)"
+    asked = agent(last_exit={"incarnation": 1, "description": "exit code 0", "ago_s": 1, "uptime_s": 1, "asked": True})
+    assert agent_reason(asked) == ""  # an operator's restart is no news
+
+
+def test_status_table_has_flags_and_reason_and_exit_code_like_is_active():
+    status = {"pid": 1, "profile": "p", "state": "running", "healthy": True, "uptime_s": 5,
+              "counts": {"ready": 1, "total": 2, "essential": 1, "essential_ready": 1},
+              "agents": [agent(), agent(name="L", state="stopped", lazy=True, essential=False, never_started=True,
+                                        pid=None, incarnation=0)]}
+    table = format_status(status).splitlines()
+    assert table[1].split()[-2:] == ["FLAGS", "REASON"]
+    assert "essential" in table[2] and table[3].split()[1:3] == ["not", "started"] and "lazy" in table[3]
+    assert status_code(status, selected=False) == 0
+    assert status_code({**status, "state": "degraded", "healthy": False}, selected=False) == 3
+    assert status_code({**status, "agents": status["agents"][1:]}, selected=True) == 3
+    assert status_code({**status, "agents": status["agents"][:1]}, selected=True) == 0
