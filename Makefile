@@ -12,6 +12,14 @@ SYSPYTHON ?= /usr/bin/python3
 INSTALL_FROM ?= .
 PIP_INSTALL_OPTS ?=
 UNITDIR ?= /etc/systemd/system
+# Links to the venv's console scripts and to the completions the wheel carries; the documentation
+# (docs/SYSTEMD.md) and the GPU drop-in example (systemd/gpu.conf, not enabled) go to DOCDIR.
+BINDIR ?= /usr/local/bin
+BASHCOMPDIR ?= /usr/share/bash-completion/completions
+ZSHCOMPDIR ?= /usr/share/zsh/vendor-completions
+DOCDIR ?= /usr/share/doc/sunsetd
+LINKS = $(BINDIR)/sunsetd $(BINDIR)/sunsetctl $(BASHCOMPDIR)/sunsetd $(BASHCOMPDIR)/sunsetctl \
+	$(ZSHCOMPDIR)/_sunsetd $(ZSHCOMPDIR)/_sunsetctl
 # Metrics ports of the template's instances (the core service uses 9464).
 INSTANCE_PORTS := vision:9465 tutoring:9466 learning:9467 full:9468
 
@@ -29,6 +37,7 @@ compile: $(STAMP)
 	$(BIN)/python -m compileall -q sunsetd agents
 
 run: compile
+	@echo 'sunsetd and sunsetctl by name (in another terminal too): export PATH="$(abspath $(BIN)):$$PATH"'
 	$(BIN)/sunsetd --profile $(PROFILE)
 
 test: compile
@@ -60,18 +69,35 @@ install:
 	install -d -m 0755 /etc/sunsetd /etc/sunsetd/profiles
 	install -m 0644 profiles/*.yaml /etc/sunsetd/profiles/
 	install -m 0644 README.md $(PREFIX)/README.md
+	@# Links, not copies: upgrading the venv updates them. A file that is not a link is somebody else's.
+	@# Completions only for a shell whose directory exists (/usr/share/bash-completion, /usr/share/zsh).
+	@set -e; venv=$(PREFIX)/venv; \
+	comp=$$($$venv/bin/python -I -c 'import importlib.util as u; print(u.find_spec("sunsetd").submodule_search_locations[0])')/completions; \
+	links="$$venv/bin/sunsetd:$(BINDIR)/sunsetd $$venv/bin/sunsetctl:$(BINDIR)/sunsetctl"; \
+	if [ -d $$comp ] && [ -d $(dir $(BASHCOMPDIR)) ]; then \
+		links="$$links $$comp/sunsetd.bash:$(BASHCOMPDIR)/sunsetd $$comp/sunsetctl.bash:$(BASHCOMPDIR)/sunsetctl"; fi; \
+	if [ -d $$comp ] && [ -d $(dir $(ZSHCOMPDIR)) ]; then \
+		links="$$links $$comp/_sunsetd:$(ZSHCOMPDIR)/_sunsetd $$comp/_sunsetctl:$(ZSHCOMPDIR)/_sunsetctl"; fi; \
+	for pair in $$links; do src=$${pair%%:*}; dst=$${pair#*:}; \
+		if [ -e "$$dst" ] && ! [ -L "$$dst" ]; then echo "make install: $$dst exists and is not a link; not replacing it"; exit 1; fi; \
+		install -d "$$(dirname "$$dst")"; ln -sfn "$$src" "$$dst"; echo "ln -sfn $$src $$dst"; done
+	install -d -m 0755 $(DOCDIR)
+	install -m 0644 docs/SYSTEMD.md systemd/gpu.conf $(DOCDIR)/
 	for pair in $(INSTANCE_PORTS); do f=/etc/sunsetd/$${pair%%:*}.env; \
 		[ -e $$f ] || echo "SUNSETD_METRICS_ADDR=127.0.0.1:$${pair##*:}" > $$f; done
 	install -m 0644 systemd/sunsetd.service systemd/sunsetd@.service $(UNITDIR)/
 	! [ -d /run/systemd/system ] || systemctl daemon-reload
-	@echo "installed: $(PREFIX), /etc/sunsetd, $(UNITDIR)/sunsetd.service and sunsetd@.service; now: systemctl start sunsetd"
+	@echo "installed: $(PREFIX), /etc/sunsetd, $(UNITDIR)/sunsetd.service and sunsetd@.service, $(BINDIR)/sunsetd and sunsetctl;"
+	@echo "  now: systemctl start sunsetd; GPU hosts: $(DOCDIR)/gpu.conf (see $(DOCDIR)/SYSTEMD.md)"
 
 uninstall:
 	@[ "$$(id -u)" = 0 ] || { echo "make uninstall: needs root"; exit 1; }
 	! [ -d /run/systemd/system ] || systemctl disable --now sunsetd.service 2>/dev/null || true
 	rm -f $(UNITDIR)/sunsetd.service $(UNITDIR)/sunsetd@.service
 	! [ -d /run/systemd/system ] || systemctl daemon-reload
-	rm -rf $(PREFIX) /etc/sunsetd
+	@# only the links that point into $(PREFIX): ours
+	@for l in $(LINKS); do case "$$(readlink "$$l" 2>/dev/null)" in $(PREFIX)/*) rm -f "$$l"; echo "rm $$l";; esac; done
+	rm -rf $(PREFIX) /etc/sunsetd $(DOCDIR)
 	! getent passwd sunsetd >/dev/null || userdel sunsetd
 	! getent group sunsetd >/dev/null || groupdel sunsetd
-	@echo "uninstalled (state in /var/lib/sunsetd, if any, is left for you to remove)"
+	@echo "uninstalled (state in /var/lib/sunsetd, model caches in /var/cache/sunsetd and your own drop-ins in $(UNITDIR)/sunsetd*.service.d, if any, are left for you to remove)"

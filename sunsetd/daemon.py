@@ -300,11 +300,11 @@ class Daemon:
         """What --socket-group and --log-dir need, tried before anything starts (one line if refused)."""
         if self.access.gid is not None:
             try:
-                os.chown(self.runtime_dir, -1, self.access.gid)
+                rundir.give_to_group(self.runtime_dir, self.access.gid)
             except OSError as exc:
                 raise rundir.RuntimeDirError(f"--socket-group: cannot give {self.runtime_dir} to group "
-                                             f"{self.access.gid}: {exc.strerror} (the daemon must be root or "
-                                             f"a member of the group)") from None
+                                             f"{self.access.gid}: {exc.strerror} (a daemon that is not root may "
+                                             f"only use a group it is in; under systemd, the service's own)") from None
         if self.log_dir is not None:
             try:
                 self.log_dir.path.mkdir(parents=True, exist_ok=True)

@@ -219,13 +219,21 @@ _LIMITS: dict[str, Callable[[Any], Any]] = {"memory_mb": _optional(_int(1))}
 
 # ---- finding profiles ---------------------------------------------------------------------------------
 
+# The profiles sunsetd ships: package data in a built wheel (setup.py's build_py copies the repository's
+# profiles/ there), the repository's profiles/ in a checkout and in an editable install of it.
+_PACKAGED_PROFILES = Path(__file__).resolve().parent / "profiles"
 _SOURCE_PROFILES = Path(__file__).resolve().parent.parent / "profiles"
+
+
+def shipped_profiles() -> Path:
+    """The directory of the profiles that come with this installation of sunsetd."""
+    return _PACKAGED_PROFILES if _PACKAGED_PROFILES.is_dir() else _SOURCE_PROFILES
 
 
 def search_path() -> list[Path]:
     """Directories searched for a profile given by name, in order."""
     dirs = [Path(p) for p in os.environ.get("SUNSETD_PROFILE_PATH", "").split(os.pathsep) if p]
-    dirs += [Path.cwd() / "profiles", Path("/etc/sunsetd/profiles"), _SOURCE_PROFILES]
+    dirs += [Path.cwd() / "profiles", Path("/etc/sunsetd/profiles"), shipped_profiles()]
     return dirs
 
 

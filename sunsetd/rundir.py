@@ -79,15 +79,22 @@ class Access:
 
     def socket(self, path: Path, shared: bool) -> None:
         if shared and self.gid is not None:
-            os.chown(path, -1, self.gid)
+            give_to_group(path, self.gid)
             os.chmod(path, 0o660)
         else:
             os.chmod(path, 0o600)
 
     def open_directory(self, runtime_dir: Path) -> None:
         if self.gid is not None:
-            os.chown(runtime_dir, -1, self.gid)
+            give_to_group(runtime_dir, self.gid)
             os.chmod(runtime_dir, 0o750)
+
+
+def give_to_group(path: Path, gid: int) -> None:
+    """chown to the group, unless it has it already: under systemd the runtime directory and our own
+    sockets are the service's group from the start, and the unit's system-call filter refuses chown."""
+    if os.stat(path).st_gid != gid:
+        os.chown(path, -1, gid)
 
 
 def group_id(name: str) -> int:

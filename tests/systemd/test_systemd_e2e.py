@@ -1,6 +1,7 @@
-"""sunsetd under a real systemd (tests/systemd/e2e.sh): install, start, status, journal fields, SIGKILL
-and SIGSTOP of the main process, reload, stop. Runs when root and systemd-nspawn is (or can be)
-installed; skipped with the reason otherwise."""
+"""sunsetd under a real systemd (tests/systemd/e2e.sh): install (commands and completions by bare name),
+start, status, process titles, journal fields, SIGKILL and SIGSTOP of the main process, reload (a refused
+one fails), a profile error that is not restarted, operators in the socket group, the GPU drop-in, stop,
+uninstall. Runs when root and systemd-nspawn is (or can be) installed; skipped with the reason otherwise."""
 from __future__ import annotations
 
 import os
