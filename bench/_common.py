@@ -260,3 +260,26 @@ def run_main(main: Callable[[], int]) -> None:
         code = 130
     print(f"\nloadavg at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     sys.exit(code)
+
+
+def log_records(text: str) -> list[dict]:
+    """The daemon's logfmt lines as dicts, each with "t": its time in seconds since the epoch (1 ms
+    resolution, the wall clock), "rest": its message and fields as one string."""
+    import datetime
+
+    from sunsetd.logfmt import logfmt, parse
+
+    out = []
+    for line in text.splitlines():
+        record = parse(line)
+        if "time" not in record or "agent" not in record:
+            continue
+        try:
+            record["t"] = datetime.datetime.fromisoformat(record["time"]).timestamp()
+        except ValueError:
+            continue
+        fields = [(k, v) for k, v in record.items() if k not in ("time", "level", "agent", "event", "msg", "t")]
+        record["rest"] = " ".join(x for x in (record.get("msg", ""), logfmt(fields)) if x)
+        out.append(record)
+    return out
+

@@ -15,8 +15,6 @@ Each run uses a fresh runtime directory and measures, from the moment just befor
 from __future__ import annotations
 
 import argparse
-import datetime
-import re
 import shutil
 import subprocess
 import sys
@@ -28,29 +26,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as c  # noqa: E402
 from sunsetd.profile import ProfileError, load_profile  # noqa: E402
 
-READY_LINE = re.compile(r"^(\d\d):(\d\d):(\d\d)\.(\d{3}) .* ready all (\d+) essential agents ready startup_ms=(\d+)",
-                        re.M)
-
-
-def local_seconds(wall: float) -> float:
-    d = datetime.datetime.fromtimestamp(wall)
-    return d.hour * 3600 + d.minute * 60 + d.second + d.microsecond / 1e6
-
-
-LOG_LINE = re.compile(r"^(\d\d):(\d\d):(\d\d)\.(\d{3}) +\w+ +(\S+) +(\S+) ?(.*)$")
-
-
 def log_times(text: str, wall0: float) -> list[tuple[float, str, str, str]]:
-    """(ms since launch, agent, event, rest) of every log line."""
-    base = local_seconds(wall0)
-    out = []
-    for line in text.splitlines():
-        m = LOG_LINE.match(line)
-        if m:
-            h, mi, s, milli = (int(x) for x in m.group(1, 2, 3, 4))
-            t = ((h * 3600 + mi * 60 + s + milli / 1000 - base) % 86400) * 1000
-            out.append((t, m.group(5), m.group(6), m.group(7)))
-    return out
+    """(ms since launch, agent, event, message and fields) of every log line."""
+    return [((r["t"] - wall0) * 1000, r["agent"], r["event"], r["rest"]) for r in c.log_records(text)]
+
+
+def ready_line(text: str) -> dict | None:
+    """The daemon's `ready` record: all essential agents ready, with startup_ms."""
+    if "agent=sunsetd event=ready " not in text:  # cheap, while the log is still growing
+        return None
+    return next((r for r in c.log_records(text) if r["agent"] == "sunsetd" and r["event"] == "ready"), None)
 
 
 def critical_path(events: list[tuple[float, str, str, str]], profile) -> list[tuple[str, float, float]]:
@@ -108,7 +93,7 @@ def one_run(profile_name: str, profile, poll_s: float, timeout: float, spawner: 
             time.sleep(poll_s)
         text = ""
         with open(d.log_path, errors="replace") as log:
-            while not (m := READY_LINE.search(text)):  # phase 2: until the `ready` line is in the log
+            while not (m := ready_line(text)):  # phase 2: until the `ready` line is in the log
                 d.check_alive()
                 if status.get("state") == "running":
                     m = None
@@ -128,11 +113,10 @@ def one_run(profile_name: str, profile, poll_s: float, timeout: float, spawner: 
         if status.get("state") != "running":
             raise RuntimeError(f"log says ready but status says {status.get('state')}: {status.get('counts')}")
         result["counts"] = status["counts"]
-        m = m or READY_LINE.search(d.log())
+        m = m or ready_line(d.log())
         if m:
-            h, mi, s, milli = (int(x) for x in m.group(1, 2, 3, 4))
-            result["running_log"] = (h * 3600 + mi * 60 + s + milli / 1000 - local_seconds(wall0)) % 86400
-            result["startup_ms"] = int(m.group(6)) / 1000
+            result["running_log"] = m["t"] - wall0
+            result["startup_ms"] = int(m["startup_ms"]) / 1000
     finally:
         d.keep_dir = True
         result["stop"] = d.stop()

@@ -16,9 +16,7 @@ It also measures the floor of an exec-based restart: a fresh `python -c "import 
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
-import re
 import signal
 import sys
 import time
@@ -29,26 +27,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as c  # noqa: E402
 from sunsetd.profile import load_profile  # noqa: E402
 
-LOG_LINE = re.compile(r"^(\d\d):(\d\d):(\d\d)\.(\d{3}) +\w+ +(\S+) +(\S+) ?(.*)$")
-
-
-def local_seconds(wall: float) -> float:
-    """Seconds since local midnight of a time.time() value: the clock of the daemon's log lines."""
-    d = datetime.datetime.fromtimestamp(wall)
-    return d.hour * 3600 + d.minute * 60 + d.second + d.microsecond / 1e6
-
 
 def parse_log(text: str, agent: str) -> list[tuple[float, str, dict]]:
-    """(seconds since local midnight, event, fields) of each of the agent's log lines."""
-    out = []
-    for line in text.splitlines():
-        m = LOG_LINE.match(line)
-        if not m or m.group(5) != agent:
-            continue
-        h, mi, s, milli = (int(x) for x in m.group(1, 2, 3, 4))
-        fields = dict(kv.split("=", 1) for kv in m.group(7).split() if "=" in kv)
-        out.append((h * 3600 + mi * 60 + s + milli / 1000, m.group(6) + " " + m.group(7), fields))
-    return out
+    """(wall-clock seconds, event and message, fields) of each of the agent's log lines."""
+    return [(r["t"], f"{r['event']} {r['rest']}", r) for r in c.log_records(text) if r["agent"] == agent]
 
 
 def probe_until_new_pid(client, agent: str, old_pid: int, probe_timeout: float, give_up: float
@@ -156,7 +138,7 @@ def main() -> int:
     phases: dict[str, list[float]] = {"kill -> exit seen": [], "exit seen -> spawned": [],
                                       "spawned -> ready": [], "ready -> answered": []}
     for wall0, wall1, old, new in kills:
-        k, a = local_seconds(wall0), local_seconds(wall1)
+        k, a = wall0, wall1
         exit_t = next((t for t, ev, f in events if ev.startswith("exit ") and f.get("pid") == str(old)), None)
         spawn_t = next((t for t, ev, f in events if ev.startswith("spawn") and f.get("pid") == str(new)), None)
         ready_t = next((t for t, ev, f in events if "-> ready" in ev and f.get("pid") == str(new)), None)

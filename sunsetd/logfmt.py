@@ -6,6 +6,7 @@ awk and any logfmt parser read them alike. Tiny and import-free: sunsetctl uses 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, Iterable
 
 _PLAIN = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:/@#,+%")
@@ -29,3 +30,11 @@ def event_text(event: dict) -> str:
     return logfmt([("agent", event.get("agent")), ("event", event.get("event")), ("msg", event.get("msg") or None),
                    *(event.get("fields") or {}).items(), ("incarnation", event.get("incarnation")),
                    ("pid", event.get("pid"))])
+
+
+_PAIR = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S*)')
+
+
+def parse(line: str) -> dict[str, str]:
+    """The pairs of one logfmt line (quoted values unescaped), for tools and tests that read logs."""
+    return {k: json.loads(v) if v.startswith('"') else v for k, v in _PAIR.findall(line)}

@@ -35,3 +35,15 @@ def test_readme_example_agent_works(tmp_path, start_daemon):
         d.call("WordCounter", "count", 42)
     assert info.value.code == "bad_request" and info.value.message == "count needs a string"
     assert d.call("WordCounter", "ping") == "pong"
+
+
+def test_readme_links_point_inside_the_repository():
+    """Found by a new user: the profile format was linked to a file outside the repository."""
+    text = (REPO / "README.md").read_text()
+    links = re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", text)
+    assert links, "no links found: the pattern is wrong"
+    for link in links:
+        if re.match(r"https?://", link):
+            continue
+        target = (REPO / link).resolve()
+        assert target.is_relative_to(REPO) and target.exists(), f"README links to {link}"
