@@ -327,7 +327,7 @@ class Daemon:
         self.router = Router(ctx, self.runtime_dir, self.book, self.timers, self.access)
         files = None if self.log_dir is None else LogFiles(self.log_dir.path, self.log_dir.max_bytes,
                                                             self.log_dir.backups)
-        self.events = EventStream(ctx, self.runtime_dir, self.access, self.agent_logs, files)
+        self.events = EventStream(ctx, self.runtime_dir, self.access, self.agent_logs, files, self.timers.call_soon)
         self.access.open_directory(self.runtime_dir)  # every socket in it has its mode: the group may enter
         self._events_sink = logger.add(self.events.sink, level="INFO", format="{message}")
         self.spawner = self._make_spawner()

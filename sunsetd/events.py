@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import zmq
 
@@ -45,9 +45,10 @@ def record_of(record: dict) -> dict:
 
 class EventStream:
     def __init__(self, ctx: zmq.Context, runtime_dir: Path, access: rundir.Access, agent_logs: AgentLogs,
-                 files: LogFiles | None = None):
+                 files: LogFiles | None = None, defer: Callable[[Callable[[], None]], Any] = lambda f: f()):
         self.agent_logs = agent_logs
         self.files = files
+        self.defer = defer  # the loop's call_soon: a sink must not log while loguru is inside it
         self.pub = ctx.socket(zmq.PUB)
         self.pub.setsockopt(zmq.SNDHWM, EVENTS_HWM)
         self.pub.setsockopt(zmq.LINGER, 0)
@@ -84,7 +85,7 @@ class EventStream:
         if self.files is not None:
             why = self.files.write(agent, logs.line_of(record))
             if why is not None:
-                logs.event(logs.DAEMON, "log_dir", why, "ERROR")
+                self.defer(lambda: logs.event(logs.DAEMON, "log_dir", why, "ERROR"))
         self._send(LOG_TOPIC, list(line))
 
     def _send(self, topic: bytes, body: Any) -> None:

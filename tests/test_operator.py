@@ -150,6 +150,17 @@ def test_log_dir_has_one_logfmt_file_per_agent_rotated_by_size(start_daemon, tmp
     assert "Base.log" in os.listdir(logs)
 
 
+def test_a_log_file_that_cannot_be_written_is_said_once_and_the_daemon_goes_on(start_daemon, tmp_path):
+    logs = tmp_path / "logs"
+    (logs / "Free.log").mkdir(parents=True)  # in the way of the file
+    d = start_daemon(OPS, "--log-dir", str(logs))
+    d.call("Free", "say", "hello")
+    wait_until(lambda: 'event=log_dir msg="cannot write' in d.log(), 5.0, what="the one error line")
+    d.call("Free", "say", "again")
+    assert d.call("Free", "echo", 1) == 1 and d.log().count("event=log_dir") == 1
+    assert (logs / "Base.log").exists()  # the other agents still have their files
+
+
 def test_daemon_log_lines_are_logfmt_with_the_date(start_daemon):
     d = start_daemon(OPS)
     ctl(d, "stop", "Free")
