@@ -33,7 +33,8 @@ class LogLine(NamedTuple):
 
     @property
     def size(self) -> int:
-        return len(self.text) + 64
+        """Bytes it takes on the wire (and about as many in memory): UTF-8, not characters."""
+        return len(self.text.encode("utf-8", "replace")) + 64
 
 
 @dataclass(eq=False)

@@ -17,7 +17,7 @@ from typing import Any
 
 from sunsetd import __version__, protocol
 from sunsetd.client import Client, DaemonUnreachable
-from sunsetd.protocol import CONTROL_TARGET, ControlOp, RemoteError
+from sunsetd.protocol import CONTROL_TARGET, ControlOp, ProtocolError, RemoteError
 from sunsetd.rundir import RuntimeDirError
 
 EXIT_OK = 0
@@ -113,8 +113,8 @@ def _count(text: str) -> int:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    if not 0 <= value <= 1 << 31:
+        raise argparse.ArgumentTypeError(f"must be 0 or more (and below 2^31), got {text}")
     return value
 
 
@@ -150,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     log.add_argument("agents", nargs="*", metavar="AGENT", help=AGENTS_HELP + " (default: every agent)")
     log.add_argument("-n", "--lines", type=_count, default=None, help="the last N lines (default: 50; 0 with -f)")
     log.add_argument("-f", "--follow", action="store_true", help="then print new lines as they come, until Ctrl-C")
-    log.add_argument("--incarnation", type=int, default=None, help="only this incarnation's lines")
+    log.add_argument("--incarnation", type=_count, default=None, help="only this incarnation's lines")
     log.add_argument("--json", action="store_true", help="one JSON object per line")
     events = sub.add_parser("events", help="stream transitions, exits, restarts and reloads as they happen")
     events.add_argument("agents", nargs="*", metavar="AGENT", help="only these agents' events (globs allowed)")
@@ -225,10 +225,11 @@ def logs(client: Client, args: argparse.Namespace) -> int:
             return EXIT_OK
         shown = set(snapshot["agents"]) if args.agents else None
         last = dict(snapshot["last"])
+        pulse = Pulse(client)
         while True:
             line = client.next_event(sub, 1.0)
             if line is None:
-                client.check()  # a daemon that has gone ends the follow (exit 3), as it would a call
+                pulse.idle()
                 continue
             agent, seq = line[2], line[0]
             if (shown is not None and agent not in shown) or seq <= last.get(agent, 0):
@@ -250,16 +251,33 @@ def logs(client: Client, args: argparse.Namespace) -> int:
             sub.close(linger=0)
 
 
+class Pulse:
+    """A follower with nothing to print asks the daemon every EVERY_S whether it is still there: the
+    socket file of a killed daemon stays, and a subscription never notices. Gone: DaemonUnreachable."""
+
+    EVERY_S = 5.0
+
+    def __init__(self, client: Client):
+        self.client = client
+        self.asked = time.monotonic()
+
+    def idle(self) -> None:
+        if time.monotonic() - self.asked >= self.EVERY_S:
+            self.client.call(CONTROL_TARGET, ControlOp.LOGS.value, {"n": 0}, timeout=5.0)
+            self.asked = time.monotonic()
+
+
 def events(client: Client, args: argparse.Namespace) -> int:
     from sunsetd.logfmt import event_text
 
     sub = client.subscribe(protocol.EVENT_TOPIC)
     try:
         client.check()
+        pulse = Pulse(client)
         while True:
             event = client.next_event(sub, 1.0)
             if event is None:
-                client.check()
+                pulse.idle()
                 continue
             if args.agents and not any(p == "all" or fnmatch.fnmatchcase(event["agent"], p) for p in args.agents):
                 continue
@@ -285,7 +303,10 @@ def run(args: argparse.Namespace) -> int:
             _print(json.dumps(status, indent=2, default=str) if args.json else format_status(status))
             return status_code(status, bool(args.agents))
         if args.command == "reload":
-            result = reload(client, args.timeout, args.profile, args.dry_run)
+            profile = args.profile
+            if profile is not None and (os.sep in profile or profile.endswith((".yaml", ".yml"))):
+                profile = os.path.abspath(profile)  # the daemon's working directory is not ours
+            result = reload(client, args.timeout, profile, args.dry_run)
             _print(json.dumps(result) if args.json else format_reload(result))
             return EXIT_ERROR_REPLY if result.get("rolled_back") else EXIT_OK
         if args.command == "logs":
@@ -294,7 +315,10 @@ def run(args: argparse.Namespace) -> int:
             return events(client, args)
         timeout = args.timeout or {"start": 120.0, "restart": 120.0, "stop": 120.0}.get(args.command, 10.0)
         if args.command == "signal":
-            body: Any = {"signal": int(args.signal) if args.signal.isdigit() else args.signal, "agents": args.agents}
+            sig: Any = args.signal
+            if sig.isascii() and sig.isdigit() and len(sig) < 6:
+                sig = int(sig)
+            body: Any = {"signal": sig, "agents": args.agents}
         elif args.command in ("start", "stop", "restart"):
             body = {"agents": args.agents}
         else:
@@ -317,6 +341,12 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeDirError as exc:
         print(f"sunsetctl: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except UnicodeEncodeError:
+        print("sunsetctl: an argument is not valid text (UTF-8)", file=sys.stderr)
+        return EXIT_USAGE
+    except ProtocolError as exc:  # a frame from the daemon we cannot read
+        print(f"sunsetctl: {exc}", file=sys.stderr)
+        return EXIT_ERROR_REPLY
     except KeyboardInterrupt:  # the way out of `logs -f` and `events`
         return EXIT_OK
     except BrokenPipeError:  # `sunsetctl status | head -1`: the reader has what it wanted

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import time
 from typing import Any
 
 import zmq
@@ -93,11 +94,16 @@ class Client:
         return sub
 
     def next_event(self, sub: zmq.Socket, timeout: float) -> Any:
-        """The body of the next message on a subscription, or None after `timeout` seconds."""
-        if not sub.poll(max(0, int(timeout * 1000))):
-            return None
-        _topic, body = sub.recv_multipart()
-        return protocol.unpack(body, "event frame")
+        """The body of the next message on a subscription, or None after `timeout` seconds (a frame
+        that cannot be read is skipped: a watcher outlives one bad event)."""
+        deadline = time.monotonic() + timeout
+        while sub.poll(max(0, int((deadline - time.monotonic()) * 1000))):
+            frames = sub.recv_multipart()
+            try:
+                return protocol.unpack(frames[-1], "event frame")
+            except protocol.ProtocolError:
+                continue
+        return None
 
     def call(self, to: str, op: str, body: Any = None, timeout: float = 5.0, retry: bool = False) -> Any:
         """Send one request and wait for its reply: the body, or RemoteError."""

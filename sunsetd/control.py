@@ -16,6 +16,7 @@ from typing import Any, Callable, Protocol
 from sunsetd import health
 from sunsetd.agentlogs import AgentLogs
 from sunsetd.policy import State, Transition
+from sunsetd.profile import is_profile_path
 from sunsetd.protocol import ControlOp, ErrorCode
 from sunsetd.reload import ReloadOutcome, ReloadPlan, preview
 from sunsetd.requestbook import Pending, RequestBook
@@ -81,12 +82,15 @@ class _Waiter:
 
 class Controller:
     def __init__(self, supervisor: Supervisor, router: Router, book: RequestBook, daemon: Daemon,
-                 agent_logs: AgentLogs | None = None):
+                 agent_logs: AgentLogs | None = None, profile_paths: bool = True):
         self.supervisor = supervisor
         self.router = router
         self.book = book
         self.daemon = daemon
         self.agent_logs = agent_logs or AgentLogs()
+        # With an operator group, a client may be another user: it names a profile from the search path
+        # and never a file, which the daemon would read (and quote in its errors) with its own rights.
+        self.profile_paths = profile_paths
         self._waiters: list[_Waiter] = []
         self._reload_waiters: dict[int, list[Pending]] = {}
 
@@ -172,9 +176,10 @@ class Controller:
     def handle_logs(self, p: Pending) -> None:
         """The last lines of agents (every one without `agents`): body {agents?, incarnation?, n?, after?}."""
         body = p.body if isinstance(p.body, dict) else {}
+        buffered = self.agent_logs.agents()  # an agent removed by a reload keeps its last lines
         names = None
-        if body.get("agents") is not None:
-            names = self._agents_of(p)
+        if body.get("agents") is not None or body.get("agent") is not None:
+            names = self._agents_of(p, also=buffered)
             if names is None:
                 return
         incarnation, n, after = body.get("incarnation"), body.get("n"), body.get("after") or {}
@@ -186,7 +191,7 @@ class Controller:
             return
         lines = self.agent_logs.lines(names, incarnation, min(MAX_LOG_LINES, n) if n is not None else MAX_LOG_LINES,
                                       after)
-        shown = names if names is not None else [n for n, slot in self.supervisor.slots.items() if not slot.removed]
+        shown = names if names is not None else list(dict.fromkeys(self._live() + buffered))
         # `last`: where a follower's live lines take over from these (sunsetctl logs -f)
         self.router.answer(p, {"lines": [list(line) for line in lines], "agents": shown,
                                "last": {n: self.agent_logs.last_seq(n) for n in shown}})
@@ -199,6 +204,10 @@ class Controller:
         profile, dry_run = body.get("profile"), body.get("dry_run", False)
         if not (profile is None or (isinstance(profile, str) and profile)) or not isinstance(dry_run, bool):
             self.router.fail(p, ErrorCode.BAD_REQUEST, "reload body: profile must be a name or path, dry_run a boolean")
+            return
+        if profile is not None and not self.profile_paths and is_profile_path(profile):
+            self.router.fail(p, ErrorCode.BAD_REQUEST, "with --socket-group, reload --profile takes the name of a "
+                                                       "profile in the search path, not a path")
             return
 
         def applied(result: ReloadOutcome | ReloadPlan | list[str]) -> None:
@@ -304,9 +313,12 @@ class Controller:
         return status
 
     # ---- internals
-    def _agents_of(self, p: Pending) -> list[str] | None:
-        """The agents a request names, as {agent: NAME} or {agents: [NAME|GLOB|all, ...]}; None when it
-        was answered with the reason it names none."""
+    def _live(self) -> list[str]:
+        return [name for name, slot in self.supervisor.slots.items() if not slot.removed]
+
+    def _agents_of(self, p: Pending, also: list[str] = ()) -> list[str] | None:
+        """The agents a request names, as {agent: NAME} or {agents: [NAME|GLOB|all, ...]}, among those
+        of the profile (and `also`); None when it was answered with the reason it names none."""
         body = p.body if isinstance(p.body, dict) else {}
         if isinstance(body.get("agent"), str):
             patterns = [body["agent"]]
@@ -316,8 +328,7 @@ class Controller:
             self.router.fail(p, ErrorCode.BAD_REQUEST,
                              f"control op {p.op!r} needs body {{agent: NAME}} or {{agents: [NAME|GLOB|all, ...]}}")
             return None
-        live = [name for name, slot in self.supervisor.slots.items() if not slot.removed]
-        chosen = select(patterns, live)
+        chosen = select(patterns, list(dict.fromkeys(self._live() + list(also))))
         if isinstance(chosen, str):
             self.router.fail(p, ErrorCode.UNKNOWN_AGENT, f"{chosen} in profile {self.supervisor.profile.name}")
             return None

@@ -189,8 +189,10 @@ class Daemon:
         arg = profile_arg or self.profile_arg
         try:
             profile = load_profile(arg)
-        except ProfileError as exc:
-            job = _ReloadJob(self.supervisor.profile, on_applied, arg, dry_run, errors=exc.errors)
+        except (ProfileError, Exception) as exc:  # noqa: BLE001 - whatever it is, the reload gets its answer
+            errors = exc.errors if isinstance(exc, ProfileError) else [
+                f"{arg[:200]}: cannot be read as a profile ({type(exc).__name__}: {str(exc)[:200]})"]
+            job = _ReloadJob(self.supervisor.profile, on_applied, arg, dry_run, errors=errors)
             self._reload_jobs.append(job)
             self._apply_reloads()
             return
@@ -332,7 +334,8 @@ class Daemon:
         self._events_sink = logger.add(self.events.sink, level="INFO", format="{message}")
         self.spawner = self._make_spawner()
         self.supervisor = Supervisor(profile, self.spawner, self.router, self.timers, self.book, self)
-        self.controller = Controller(self.supervisor, self.router, self.book, self, self.agent_logs)
+        self.controller = Controller(self.supervisor, self.router, self.book, self, self.agent_logs,
+                                     profile_paths=self.access.gid is None)
         self.router.on_control = self.controller.handle
         self.router.on_start = lambda name: self.supervisor.start_agent(name, LAZY_START)
         self.router.on_agent_message = self.supervisor.on_agent_message

@@ -28,17 +28,24 @@ from sunsetd.protocol import EVENT_TOPIC, LOG_TOPIC
 
 EVENTS_HWM = 10_000
 OUTPUT = ("stdout", "stderr")
+MAX_EVENT_TEXT = 16 * 1024  # a message or field longer than this is cut: an event is a line, not a payload
 
 
 def _plain(value: Any) -> Any:
-    return value if value is None or isinstance(value, (bool, int, float, str)) else str(value)
+    if isinstance(value, str):
+        return _cut(value)
+    return value if value is None or isinstance(value, (bool, int, float)) else _cut(str(value))
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= MAX_EVENT_TEXT else text[:MAX_EVENT_TEXT] + " [cut]"
 
 
 def record_of(record: dict) -> dict:
     """A loguru record as the event stream carries it."""
     extra = record["extra"]
     return {"time": record["time"].timestamp(), "level": record["level"].name.lower(),
-            "agent": extra.get("agent", logs.DAEMON), "event": extra.get("event", "-"), "msg": record["message"],
+            "agent": extra.get("agent", logs.DAEMON), "event": extra.get("event", "-"), "msg": _cut(record["message"]),
             "fields": {k: _plain(v) for k, v in extra.get("fields", {}).items()},
             "incarnation": extra.get("incarnation"), "pid": extra.get("pid")}
 

@@ -237,18 +237,32 @@ def search_path() -> list[Path]:
     return dirs
 
 
+def is_profile_path(name_or_path: str) -> bool:
+    """A path to a profile file, not a name to look up in the search path."""
+    return Path(name_or_path).suffix in (".yaml", ".yml") or os.sep in name_or_path
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except (OSError, ValueError):  # a name too long for the file system, or one it cannot encode
+        return False
+
+
 def find_profile(name_or_path: str, near: Path | None = None) -> Path:
     """A profile by path, or by name in `near` (the extending file's directory) and the search path."""
     candidate = Path(name_or_path)
-    if candidate.suffix in (".yaml", ".yml") or os.sep in name_or_path:
-        if candidate.is_file():
+    if "\0" in name_or_path or len(os.fsencode(name_or_path)) > 4096:
+        raise ProfileError([f"{name_or_path[:80]!r}...: not a profile name or path"])
+    if is_profile_path(name_or_path):
+        if _is_file(candidate):
             return candidate
         raise ProfileError([f"{name_or_path}: no such profile file"])
     dirs = ([near] if near else []) + search_path()
     for d in dirs:
         for suffix in (".yaml", ".yml"):
             p = d / f"{name_or_path}{suffix}"
-            if p.is_file():
+            if _is_file(p):
                 return p
     raise ProfileError(
         [f"profile {name_or_path!r} not found in {', '.join(str(d) for d in dict.fromkeys(dirs))}"]
@@ -276,9 +290,12 @@ class _Merged:
 
 def _read_yaml(path: Path, errors: list[str]) -> dict | None:
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         errors.append(f"{path}: cannot read: {exc.strerror}")
+        return None
+    except UnicodeDecodeError as exc:
+        errors.append(f"{path}: not UTF-8 text (byte {exc.start})")
         return None
     try:
         doc = yaml.safe_load(text)

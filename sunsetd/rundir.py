@@ -26,9 +26,9 @@ class RuntimeDirError(RuntimeError):
 
 
 def resolve(explicit: str | os.PathLike | None = None, client: bool = False) -> Path:
-    """The runtime directory. A client (`client=True`) of a non-root user whose own default has no
-    daemon uses the system service's, when there is one: the way `sudo sunsetctl status` and an
-    operator in the service's socket group both reach the installed daemon without options."""
+    """The runtime directory. A client (`client=True`) of a non-root user who never ran a daemon of
+    their own (no such directory) uses the system service's, when there is one: the way an operator in
+    the service's socket group reaches the installed daemon without options."""
     if explicit:
         return Path(explicit)
     if os.environ.get("RUNTIME_DIRECTORY"):  # set by systemd's RuntimeDirectory=
@@ -39,8 +39,8 @@ def resolve(explicit: str | os.PathLike | None = None, client: bool = False) -> 
         return SYSTEM_DIR
     else:
         own = Path(f"/tmp/sunsetd-{os.getuid()}")
-    if client and not (own / FRONT_SOCKET).exists() and _exists(SYSTEM_DIR / FRONT_SOCKET):
-        return SYSTEM_DIR
+    if client and not own.exists() and _exists(SYSTEM_DIR / FRONT_SOCKET):
+        return SYSTEM_DIR  # never a daemon of our own here (a directory it left would say otherwise)
     return own
 
 
@@ -122,7 +122,6 @@ class RuntimeLock:
         check_path_length(self.runtime_dir)
         try:
             self.runtime_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-            os.chmod(self.runtime_dir, 0o700)
         except OSError as exc:
             raise RuntimeDirError(f"cannot create runtime directory {self.runtime_dir}: {exc.strerror}") from None
         path = self.runtime_dir / LOCK_FILE
@@ -138,6 +137,13 @@ class RuntimeLock:
                 f"another sunsetd (pid {holder}) is already running on {self.runtime_dir}; "
                 "stop it first or use another --runtime-dir"
             ) from None
+        # Ours now, and only now: a second daemon refused above must not close the directory to the
+        # operators of the one that runs. Closed until every socket in it has its mode (Access).
+        try:
+            os.chmod(self.runtime_dir, 0o700)
+        except OSError as exc:
+            os.close(fd)
+            raise RuntimeDirError(f"cannot make runtime directory {self.runtime_dir} private: {exc.strerror}") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self.fd = fd

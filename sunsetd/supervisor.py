@@ -180,7 +180,12 @@ class Supervisor:
             self._apply(slot, slot.lifecycle.start(self.timers.now()))
 
     def _maybe_stop(self, slot: AgentSlot) -> None:
-        if slot.wanted or slot.state in (State.STOPPED, State.STOPPING):
+        if slot.wanted or slot.state is State.STOPPED:
+            return
+        if slot.state is State.STOPPING:
+            # already on its way down, for a restart, a hang or a memory limit: a stop wins, so what its
+            # exit would have led to (a new incarnation, the restart path) is cancelled now
+            self._apply(slot, slot.lifecycle.stop(self.timers.now(), slot.stop_reason or "stop"))
             return
         if any(d.lifecycle.running and not d.wanted for d in slot.dependents):
             return  # reverse order: dependents that are stopping too stop first
@@ -195,6 +200,7 @@ class Supervisor:
             return
         now = self.timers.now()
         self.stopping_since = now
+        self._restart_groups = []
         for slot in self.slots.values():
             slot.wanted = False
             self._apply(slot, slot.lifecycle.hold(now, "shutdown"))
@@ -249,6 +255,8 @@ class Supervisor:
         for name in names:
             slot = self.slots[name]
             slot.wanted, slot.stop_reason = False, reason
+        if reason != "operator restart":
+            self._leave_restart_groups(names)  # an operator's stop wins over a group restart under way
         for name in names:
             self._maybe_stop(self.slots[name])
 
@@ -268,14 +276,29 @@ class Supervisor:
         """Stopped on the way to a group restart: it starts again once the whole group has stopped."""
         return any(name in group for group in self._restart_groups)
 
+    def _leave_restart_groups(self, names: list[str]) -> None:
+        """These agents are no longer the business of a pending group restart (started some other way,
+        stopped by an operator, removed): the group waits for, and starts, only the others."""
+        for group in self._restart_groups:
+            group[:] = [n for n in group if n not in names]
+        self._restart_groups = [g for g in self._restart_groups if g]
+        self._restart_stopped_groups()
+
     def _restart_stopped_groups(self) -> None:
-        for group in list(self._restart_groups):
-            slots = [self.slots.get(n) for n in group]
-            if all(s is None or (s.state is State.STOPPED and s.handle is None) for s in slots):
-                self._restart_groups.remove(group)
-                for name in group:
-                    if self.slot(name) is not None and not self.stopping:
-                        self.start_agent(name, "operator restart")
+        """Start every group whose agents have all stopped (a start may end another group's wait: the
+        list is read again after each)."""
+        def stopped(name: str) -> bool:
+            s = self.slots.get(name)
+            return s is None or (s.state is State.STOPPED and s.handle is None)
+
+        while not self.stopping:
+            group = next((g for g in self._restart_groups if all(stopped(n) for n in g)), None)
+            if group is None:
+                return
+            self._restart_groups.remove(group)
+            for name in group:
+                if self.slot(name) is not None and not self.stopping:
+                    self.start_agent(name, "operator restart")
 
     def signal_agents(self, names: list[str], signum: int) -> list[str]:
         """Send a signal to the running processes of these agents; returns those that had one."""
@@ -336,6 +359,8 @@ class Supervisor:
         elif t.new in (State.STOPPED, State.FAILED):
             slot.lazy_start_at = None
         self._publish(slot)  # before anyone reacts: the book must see the new state first
+        if t.new is State.STARTING and self.restarting(slot.name):
+            self._leave_restart_groups([slot.name])  # started by other means: it is restarted already
         self.listener.agent_transition(slot.name, incarnation, t)
         self._watch_reload(slot, incarnation, t)
         if t.new is State.READY:

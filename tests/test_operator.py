@@ -26,9 +26,9 @@ OPS = TEST_PROFILES / "ops.yaml"
 SUNSETCTL = str(Path(sys.executable).parent / "sunsetctl")  # the console script `pip install` made
 
 
-def ctl(d, *args: str, timeout: float = 60, **kw) -> subprocess.CompletedProcess:
+def ctl(d, *args: str, timeout: float = 60, cwd: Path = REPO) -> subprocess.CompletedProcess:
     return subprocess.run([SUNSETCTL, "--runtime-dir", str(d.runtime_dir), *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=REPO, **kw)
+                          timeout=timeout, cwd=cwd)
 
 
 class Follower:
@@ -356,6 +356,15 @@ def test_a_socket_group_lets_its_members_in_and_nobody_else(start_daemon, runtim
     alice, bob = as_user("sdalice", d.runtime_dir), as_user("sdbob", d.runtime_dir)
     assert alice[0] == 0, alice[1]
     assert bob[0] == 3 and "permission denied" in bob[1] and "sdops" in bob[1] and "Traceback" not in bob[1]
+    # found in review: a member of the group made the daemon read /etc/shadow and quote it back
+    leak = ctl(d, "reload", "--dry-run", "--profile", "/etc/shadow")
+    assert leak.returncode == 1 and "not a path" in leak.stderr and "root" not in leak.stderr + leak.stdout
+    # and a second daemon refused on the same directory closed it to the group
+    second = subprocess.run([str(Path(sys.executable).parent / "sunsetd"), "--profile", str(OPS), "--runtime-dir",
+                             str(d.runtime_dir), "--socket-group", group, "--metrics-addr", "off"],
+                            capture_output=True, text=True, timeout=30)
+    assert second.returncode == 1 and "already running" in second.stderr
+    assert os.stat(d.runtime_dir).st_mode & 0o777 == 0o750 and as_user("sdalice", d.runtime_dir)[0] == 0
     unknown = subprocess.run([str(Path(sys.executable).parent / "sunsetd"), "--socket-group", "no-such-group",
                               "--runtime-dir", str(runtime_dir / "e")], capture_output=True, text=True, timeout=30)
     assert unknown.returncode == 1 and unknown.stderr.strip() == "sunsetd: --socket-group no-such-group: no such group"
@@ -373,3 +382,75 @@ def test_process_titles_name_agent_incarnation_and_profile(start_daemon, spawner
         assert proc.name() == a["name"][:15]
     ps = subprocess.run(["ps", "-o", "args=", "-p", str(d.agent("Base")["pid"])], capture_output=True, text=True)
     assert ps.stdout.strip() == f"sunsetd-agent Base#1 profile=ops rundir={d.runtime_dir}"
+
+
+# ---- found in review ------------------------------------------------------------------------------------
+
+def test_a_reload_of_an_unreadable_profile_is_refused_in_one_line(start_daemon, tmp_path):
+    d = start_daemon(OPS)
+    binary = tmp_path / "bin.yaml"
+    binary.write_bytes(b"name: x\n\xff\xfe\n")
+    for profile in (str(binary), "p" * 300, "x" * 5000):
+        result = ctl(d, "reload", "--profile", profile, timeout=30)
+        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+        assert "running set untouched" in result.stderr
+    assert "not UTF-8 text" in ctl(d, "reload", "--dry-run", "--profile", str(binary)).stderr
+    assert "internal_error" not in d.log() and ctl(d, "status").returncode == 0
+
+
+def test_a_relative_profile_path_is_the_operators_not_the_daemons(start_daemon):
+    d = start_daemon(OPS)
+    result = ctl(d, "reload", "--dry-run", "--profile", "ops-small.yaml", cwd=TEST_PROFILES)
+    assert result.returncode == 0 and "profile ops-small" in result.stdout, result.stderr
+
+
+def test_logs_replies_stay_under_the_frame_limit_whatever_the_text(start_daemon):
+    d = start_daemon(OPS)
+    for _ in range(60):
+        d.call("Free", "say", "\U0001F600" * 4000)  # 16 KB of UTF-8 per line, 4000 characters
+    result = ctl(d, "logs", "-n", "200")
+    assert result.returncode == 0, result.stderr
+    assert 0 < len(result.stdout.encode()) < 1 << 20
+
+
+def test_logs_follow_an_agent_that_a_reload_removes(start_daemon):
+    d = start_daemon(OPS)
+    d.call("Free", "say", "before")
+    follower = Follower(d, "logs", "-f", "-n", "0")
+    try:
+        time.sleep(0.3)
+        assert ctl(d, "reload", "--profile", str(TEST_PROFILES / "ops-small.yaml")).returncode == 0
+        seen = follower.until(lambda line: line.startswith(tuple("0123456789")) and "Free#1" in line
+                              and "stopping -> stopped" in line)
+        assert not any("said before" in line for line in seen)  # nothing old, nothing twice
+    finally:
+        assert follower.stop() == 0
+    assert "said before" in ctl(d, "logs", "Free").stdout  # a removed agent keeps its last lines
+
+
+def test_no_argument_an_operator_can_type_gives_a_traceback(start_daemon):
+    d = start_daemon(OPS)
+    for argv in (["signal", "\u00b2", "Free"], ["signal", "99999999999999999999", "Free"],
+                 ["logs", "-n", "99999999999999999999"], ["logs", "--incarnation", "99999999999999999999"]):
+        result = ctl(d, *argv)
+        assert result.returncode in (1, 2) and "Traceback" not in result.stderr, (argv, result.stderr)
+    for argv in ([b"status", b"\xff"], [b"stop", b"\xff"], [b"reload", b"--profile", b"\xff"]):
+        result = subprocess.run([SUNSETCTL.encode(), b"--runtime-dir", os.fsencode(d.runtime_dir), *argv],
+                                capture_output=True, timeout=30)
+        assert result.returncode == 2 and b"not valid text" in result.stderr, (argv, result.stderr)
+
+
+def test_a_follower_of_a_killed_daemon_ends(start_daemon):
+    d = start_daemon(OPS)
+    follower = Follower(d, "events")
+    time.sleep(0.5)
+    d.proc.kill()  # its socket files stay behind
+    d.proc.wait()
+    code = follower.proc.wait(20)
+    follower.stop()
+    assert code == 3
+    assert_agents_gone = wait_until(lambda: not any(a for a in psutil.process_iter(["cmdline"])
+                                                    if str(d.runtime_dir) in " ".join(a.info["cmdline"] or [])),
+                                    10.0, what="the killed daemon's agents to die with it")
+    assert assert_agents_gone
+

@@ -207,3 +207,59 @@ def test_status_table_has_flags_and_reason_and_exit_code_like_is_active():
     assert status_code({**status, "state": "degraded", "healthy": False}, selected=False) == 3
     assert status_code({**status, "agents": status["agents"][1:]}, selected=True) == 3
     assert status_code({**status, "agents": status["agents"][:1]}, selected=True) == 0
+
+
+# ---- found in review: a stop wins, and a group restart never outlives its request ------------------------
+
+def test_a_stop_wins_over_a_restart_under_way():
+    h = up()
+    h.sup.restart_agents(["Other"])  # one agent: stopping, to start again at its exit
+    h.sup.stop_agents(["Other"])
+    h.spawner.latest("Other").exit(0)
+    assert h.state("Other") is State.STOPPED and h.sup.incarnation("Other") == 1
+
+
+def test_a_stop_wins_over_the_restart_of_a_hung_agent():
+    h = up()
+    h.clock.advance(0.5)  # no heartbeats: every agent is hung and being stopped, to be restarted
+    assert h.state("Other") is State.STOPPING
+    h.sup.stop_agents(["Other"])
+    h.spawner.latest("Other").exit(-15)
+    h.clock.advance(1.0)
+    assert h.state("Other") is State.STOPPED and h.sup.incarnation("Other") == 1
+
+
+def test_a_member_started_meanwhile_leaves_the_group_restart_and_the_rest_still_restarts():
+    h = up()
+    h.sup.restart_agents(["Top", "Other"])
+    h.spawner.latest("Other").exit(0)
+    h.sup.start_agent("Other")  # an operator (or a lazy request) starts it while Top is still stopping
+    h.bring_up()
+    h.spawner.latest("Top").exit(0)
+    h.bring_up()
+    assert h.states() == {"Base": "ready", "Middle": "ready", "Top": "ready", "Other": "ready"}
+    assert not h.sup._restart_groups and h.sup.incarnation("Top") == 2
+
+
+def test_overlapping_group_restarts_both_finish():
+    h = up()
+    h.sup.restart_agents(["Top", "Other"])
+    h.spawner.latest("Other").exit(0)
+    h.sup.restart_agents(["Middle", "Other"])
+    h.spawner.latest("Top").exit(0)
+    h.bring_up()
+    if h.state("Middle") is State.STOPPING:
+        h.spawner.latest("Middle").exit(0)
+    h.bring_up()
+    assert set(h.states().values()) == {"ready"} and not h.sup._restart_groups
+    assert {n: h.sup.incarnation(n) for n in ("Middle", "Top", "Other")} == {"Middle": 2, "Top": 2, "Other": 2}
+
+
+def test_an_operator_stop_ends_a_group_restart_of_that_agent():
+    h = up()
+    h.sup.restart_agents(["Top", "Other"])
+    h.sup.stop_agents(["Top"])  # the operator changes their mind about Top
+    for name in ("Top", "Other"):
+        h.spawner.latest(name).exit(0)
+    h.bring_up()
+    assert h.state("Top") is State.STOPPED and h.state("Other") is State.READY and not h.sup._restart_groups
