@@ -34,7 +34,7 @@ class LogLine(NamedTuple):
     @property
     def size(self) -> int:
         """Bytes it takes on the wire (and about as many in memory): UTF-8, not characters."""
-        return len(self.text.encode("utf-8", "replace")) + 64
+        return len(self.text.encode("utf-8", "replace")) + len(self.agent.encode("utf-8", "replace")) + 64
 
 
 @dataclass(eq=False)

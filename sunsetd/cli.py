@@ -113,7 +113,7 @@ def _count(text: str) -> int:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if not 0 <= value <= 1 << 31:
+    if not 0 <= value < 1 << 31:
         raise argparse.ArgumentTypeError(f"must be 0 or more (and below 2^31), got {text}")
     return value
 
@@ -263,7 +263,10 @@ class Pulse:
 
     def idle(self) -> None:
         if time.monotonic() - self.asked >= self.EVERY_S:
-            self.client.call(CONTROL_TARGET, ControlOp.LOGS.value, {"n": 0}, timeout=5.0)
+            try:
+                self.client.call(CONTROL_TARGET, ControlOp.LOGS.value, {"n": 0}, timeout=5.0)
+            except RemoteError:
+                pass  # any answer (shutting_down, while its agents stop) means it is there
             self.asked = time.monotonic()
 
 
@@ -304,7 +307,7 @@ def run(args: argparse.Namespace) -> int:
             return status_code(status, bool(args.agents))
         if args.command == "reload":
             profile = args.profile
-            if profile is not None and (os.sep in profile or profile.endswith((".yaml", ".yml"))):
+            if profile is not None and (os.sep in profile or Path(profile).suffix in (".yaml", ".yml")):
                 profile = os.path.abspath(profile)  # the daemon's working directory is not ours
             result = reload(client, args.timeout, profile, args.dry_run)
             _print(json.dumps(result) if args.json else format_reload(result))

@@ -241,9 +241,13 @@ class Lifecycle:
         return self._terminate(now, reason)
 
     def stop(self, now: float, reason: str = "stop") -> list[Action]:
-        """Stop and stay stopped (operator, idle timeout, shutdown)."""
+        """Stop and stay stopped (operator, idle timeout, shutdown). One already stopping (for a restart,
+        or a hang) stays stopped at its exit, which is then put down to this stop."""
         self._start_on_exit = False
         self._failure_on_exit = None
+        if self.state is State.STOPPING:
+            self.reason, self.trial = reason, False
+            return []
         if self.state in (State.STARTING, State.READY):
             return self._terminate(now, reason)
         if self.state in (State.BACKOFF, State.FAILED):

@@ -26,9 +26,9 @@ class RuntimeDirError(RuntimeError):
 
 
 def resolve(explicit: str | os.PathLike | None = None, client: bool = False) -> Path:
-    """The runtime directory. A client (`client=True`) of a non-root user who never ran a daemon of
-    their own (no such directory) uses the system service's, when there is one: the way an operator in
-    the service's socket group reaches the installed daemon without options."""
+    """The runtime directory. A client (`client=True`) of a non-root user with no daemon of their own
+    running uses the system service's, when there is one: the way an operator in the service's socket
+    group reaches the installed daemon without options."""
     if explicit:
         return Path(explicit)
     if os.environ.get("RUNTIME_DIRECTORY"):  # set by systemd's RuntimeDirectory=
@@ -39,9 +39,20 @@ def resolve(explicit: str | os.PathLike | None = None, client: bool = False) -> 
         return SYSTEM_DIR
     else:
         own = Path(f"/tmp/sunsetd-{os.getuid()}")
-    if client and not own.exists() and _exists(SYSTEM_DIR / FRONT_SOCKET):
-        return SYSTEM_DIR  # never a daemon of our own here (a directory it left would say otherwise)
+    if client and not _daemon_in(own) and _exists(SYSTEM_DIR / FRONT_SOCKET):
+        return SYSTEM_DIR
     return own
+
+
+def _daemon_in(runtime_dir: Path) -> bool:
+    """A daemon runs on this directory of our own: its socket is there and the pid in its lock lives."""
+    if not (runtime_dir / FRONT_SOCKET).exists():
+        return False
+    try:
+        pid = int((runtime_dir / LOCK_FILE).read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return True  # cannot tell: ours, as the socket says
+    return os.path.exists(f"/proc/{pid}")
 
 
 def _exists(path: Path) -> bool:
@@ -125,7 +136,11 @@ class RuntimeLock:
         except OSError as exc:
             raise RuntimeDirError(f"cannot create runtime directory {self.runtime_dir}: {exc.strerror}") from None
         path = self.runtime_dir / LOCK_FILE
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise RuntimeDirError(f"cannot use runtime directory {self.runtime_dir}: {path.name}: {exc.strerror}; "
+                                  "is it somebody else's? use another --runtime-dir") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:

@@ -169,6 +169,8 @@ class Supervisor:
         if slot.wanted or self.stopping:
             return
         slot.wanted = True
+        if self._restart_groups and self.restarting(slot.name):
+            self._leave_restart_groups([slot.name])  # wanted again by other means: not the group's to start
         for dep in slot.dependencies:
             self._want(dep)
         self._maybe_start(slot)
@@ -183,9 +185,13 @@ class Supervisor:
         if slot.wanted or slot.state is State.STOPPED:
             return
         if slot.state is State.STOPPING:
-            # already on its way down, for a restart, a hang or a memory limit: a stop wins, so what its
-            # exit would have led to (a new incarnation, the restart path) is cancelled now
-            self._apply(slot, slot.lifecycle.stop(self.timers.now(), slot.stop_reason or "stop"))
+            # already on its way down, for a restart, a hang or a memory limit: an operator's stop wins,
+            # so what its exit would have led to (a new incarnation, the restart path) is cancelled now.
+            # (At shutdown hold() has done that already, and says why.)
+            if not self.stopping:
+                reason = "removed by reload" if slot.removed else slot.stop_reason or "stop"
+                self._apply(slot, slot.lifecycle.stop(self.timers.now(), reason))
+                slot.stop_reason = None
             return
         if any(d.lifecycle.running and not d.wanted for d in slot.dependents):
             return  # reverse order: dependents that are stopping too stop first
@@ -247,6 +253,8 @@ class Supervisor:
     def stop_agent(self, name: str, reason: str = "operator stop") -> None:
         slot = self.slots[name]
         slot.wanted = False
+        if self._restart_groups and self.restarting(name):
+            self._leave_restart_groups([name])  # an idle stop or an eviction: no group restart brings it back
         self._apply(slot, slot.lifecycle.stop(self.timers.now(), reason))
 
     def stop_agents(self, names: list[str], reason: str = "operator stop") -> None:
@@ -255,8 +263,8 @@ class Supervisor:
         for name in names:
             slot = self.slots[name]
             slot.wanted, slot.stop_reason = False, reason
-        if reason != "operator restart":
-            self._leave_restart_groups(names)  # an operator's stop wins over a group restart under way
+        if reason != "operator restart":  # an operator's stop wins over a group restart under way: these
+            self._leave_restart_groups(self._with_dependents(names))  # and what would want them again
         for name in names:
             self._maybe_stop(self.slots[name])
 
@@ -275,6 +283,15 @@ class Supervisor:
     def restarting(self, name: str) -> bool:
         """Stopped on the way to a group restart: it starts again once the whole group has stopped."""
         return any(name in group for group in self._restart_groups)
+
+    def _with_dependents(self, names: list[str]) -> list[str]:
+        found, todo = set(names), list(names)
+        while todo:
+            for dependent in self.slots[todo.pop()].dependents:
+                if dependent.name not in found:
+                    found.add(dependent.name)
+                    todo.append(dependent.name)
+        return list(found)
 
     def _leave_restart_groups(self, names: list[str]) -> None:
         """These agents are no longer the business of a pending group restart (started some other way,

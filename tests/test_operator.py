@@ -454,3 +454,22 @@ def test_a_follower_of_a_killed_daemon_ends(start_daemon):
                                     10.0, what="the killed daemon's agents to die with it")
     assert assert_agents_gone
 
+
+
+def test_a_follower_watches_a_slow_shutdown_to_its_end(start_daemon, tmp_path):
+    """Found in review: the follower's check that the daemon is still there was refused `shutting_down`
+    5 s into a slow shutdown, and the watcher quit before the part an operator watches for."""
+    profile = tmp_path / "slow.yaml"
+    profile.write_text("name: slow\ndefaults: {heartbeat_ms: 100, liveness: 100}\n"
+                       "agents:\n  - {name: Slow, run: 'agents.testing:Echo', stop_timeout_s: 7}\n")
+    d = start_daemon(profile)
+    follower = Follower(d, "events")
+    with d.client as c:
+        c.send("Slow", "hang", 30, timeout=40)  # wedged in C: SIGTERM waits, SIGKILL after 7 s
+        time.sleep(0.5)
+        d.proc.send_signal(signal.SIGTERM)
+        seen = follower.until(lambda line: "event=kill" in line and "agent=Slow" in line, timeout=15)
+    assert any("event=shutdown" in line for line in seen)
+    assert follower.proc.wait(15) == 3  # then the daemon is gone, and the follow ends
+    follower.stop()
+    assert d.proc.wait(10) == 0

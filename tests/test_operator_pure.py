@@ -263,3 +263,131 @@ def test_an_operator_stop_ends_a_group_restart_of_that_agent():
         h.spawner.latest(name).exit(0)
     h.bring_up()
     assert h.state("Top") is State.STOPPED and h.state("Other") is State.READY and not h.sup._restart_groups
+
+
+# ---- found in the second review -------------------------------------------------------------------------
+
+PAIR = profile(spec("Base"), spec("Middle", depends_on=("Base",)))
+
+
+def test_a_member_wanted_again_while_held_leaves_the_group_and_the_group_finishes():
+    h = Harness(PAIR).start()
+    h.bring_up()
+    h.sup.restart_agents(["Base", "Middle"])  # Base is held ready until Middle has stopped
+    h.sup.start_agent("Base")  # an operator start meanwhile: no STARTING transition of Base
+    h.spawner.latest("Middle").exit(0)
+    h.bring_up()
+    assert not h.sup._restart_groups and h.state("Middle") is State.READY and h.sup.incarnation("Middle") == 2
+    assert h.sup.incarnation("Base") == 1  # wanted again: not restarted
+
+
+def test_no_leftover_group_undoes_a_later_idle_stop():
+    lazy = profile(spec("Base", lazy=True, idle_timeout_s=2.0),
+                   spec("Middle", lazy=True, idle_timeout_s=2.0, depends_on=("Base",)))
+    h = Harness(lazy).start()
+    h.sup.start_agent("Middle")
+    h.bring_up()
+    h.sup.restart_agents(["Base", "Middle"])
+    h.sup.start_agent("Middle")  # started again while it is stopping
+    h.spawner.latest("Middle").exit(0)
+    h.bring_up()
+    assert not h.sup._restart_groups
+    for name in ("Middle", "Base"):
+        h.sup.stop_agent(name, "idle")
+        h.spawner.latest(name).exit(0)
+    assert h.states() == {"Base": "stopped", "Middle": "stopped"}
+
+
+def test_an_operator_stop_of_a_dependency_in_a_group_restart_keeps_it_and_its_dependents_stopped():
+    h = Harness(PAIR).start()
+    h.bring_up()
+    h.sup.restart_agents(["Base", "Middle"])
+    h.sup.stop_agents(["Base"])
+    h.spawner.latest("Middle").exit(0)
+    h.spawner.latest("Base").exit(0)
+    h.bring_up()
+    assert h.states() == {"Base": "stopped", "Middle": "stopped"} and not h.sup._restart_groups
+
+
+def test_a_hung_agent_at_shutdown_still_says_why_it_was_not_restarted():
+    h = up()
+    h.clock.advance(0.5)  # every agent hung, being stopped to restart
+    h.sup.shutdown()
+    h.spawner.latest("Other").exit(-9)
+    assert h.sup.slots["Other"].lifecycle.reason.endswith("not restarted: shutdown")
+
+
+def test_a_logs_answer_counts_the_agents_name_in_its_bytes():
+    logs = AgentLogs()
+    for k in range(2000):
+        logs.append("A" * 100 + str(k % 10), 1, "stdout", "x", float(k))
+    packed = __import__("msgpack").packb([list(line) for line in logs.lines(max_bytes=100_000)])
+    assert len(packed) <= 100_000
+
+
+def test_a_runtime_directory_whose_lock_cannot_be_opened_is_one_line(tmp_path):
+    from sunsetd.rundir import RuntimeDirError, RuntimeLock
+
+    (tmp_path / "sunsetd.lock").mkdir()  # in the way, as a squatted directory's lock would be
+    try:
+        RuntimeLock(tmp_path).acquire()
+    except RuntimeDirError as exc:
+        assert "sunsetd.lock" in str(exc) and "\n" not in str(exc)
+    else:
+        raise AssertionError("acquired a lock it cannot have")
+
+
+def test_a_users_sunsetctl_falls_back_to_the_service_only_without_a_daemon_of_their_own():
+    import os
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    import pytest
+
+    from sunsetd import rundir
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root, to become another user")
+    base = Path(tempfile.mkdtemp(prefix="sd-fb-", dir="/tmp"))  # pytest's own tmp is root's alone
+    os.chmod(base, 0o755)
+    try:
+        _fall_back(base, rundir)
+    finally:
+        shutil.rmtree(base)
+
+
+def _fall_back(base, rundir) -> None:
+    import os
+
+    system, xdg = base / "system", base / "xdg"
+    system.mkdir()
+    (system / rundir.FRONT_SOCKET).touch()
+    xdg.mkdir()
+    os.chown(xdg, 65534, 65534)
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # as nobody, whose XDG_RUNTIME_DIR is xdg
+        try:
+            os.setgid(65534)
+            os.setuid(65534)
+            os.environ.pop("RUNTIME_DIRECTORY", None)
+            os.environ["XDG_RUNTIME_DIR"] = str(xdg)
+            rundir.SYSTEM_DIR = system
+            own = xdg / "sunsetd"
+            seen = [rundir.resolve(client=True)]  # no directory of their own
+            own.mkdir()
+            (own / rundir.FRONT_SOCKET).touch()
+            (own / rundir.LOCK_FILE).write_text("999999999\n")  # left by a daemon that is gone
+            seen.append(rundir.resolve(client=True))
+            (own / rundir.LOCK_FILE).write_text(f"{os.getpid()}\n")  # one that runs
+            seen += [rundir.resolve(client=True), rundir.resolve()]
+            os.write(w, "\n".join(str(p) for p in seen).encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    with os.fdopen(r) as f:
+        seen = f.read().splitlines()
+    os.waitpid(pid, 0)
+    own = str(xdg / "sunsetd")
+    assert seen == [str(system), str(system), own, own]  # the daemon itself never falls back
