@@ -9,7 +9,6 @@ It reads a socket only when the event loop says it is readable, at most BATCH me
 """
 from __future__ import annotations
 
-import os
 import time
 import traceback
 from collections import Counter
