@@ -41,6 +41,19 @@ class Echo(Agent):
             time.sleep(body)
         return os.getpid()
 
+    def handle_process(self, body: Any) -> dict:
+        """What this process was given: its directory, umask, nice, user and groups, limits, and the
+        environment variables named in `body`."""
+        import resource
+
+        umask = os.umask(0)
+        os.umask(umask)
+        return {"cwd": os.getcwd(), "umask": f"{umask:04o}", "nice": os.getpriority(os.PRIO_PROCESS, 0),
+                "uid": os.getuid(), "gid": os.getgid(), "groups": sorted(os.getgroups()),
+                "nofile": list(resource.getrlimit(resource.RLIMIT_NOFILE)),
+                "as": list(resource.getrlimit(resource.RLIMIT_AS)), "core": list(resource.getrlimit(resource.RLIMIT_CORE)),
+                "env": {name: os.environ.get(name) for name in (body or [])}}
+
     def handle_sleep(self, body: Any) -> float:
         seconds = body.get("s") if isinstance(body, dict) else body
         if not isinstance(seconds, (int, float)) or seconds < 0:

@@ -12,7 +12,8 @@ made itself a child subreaper. Each request carries the agent's launch and, as S
 ends of its stdout and stderr pipes; the answer is the agent's pid. Requests are pipelined: the daemon
 never waits for an answer, which arrives on the socket its event loop watches.
 
-This module is imported by the zygote: it imports nothing of sunsetd's but the agent runtime.
+This module is imported by the zygote: it imports nothing of sunsetd's but the agent runtime and the
+process settings (os and re alone).
 """
 from __future__ import annotations
 
@@ -29,9 +30,13 @@ from collections import deque
 from pathlib import Path
 from typing import Any, Callable
 
+from sunsetd import procsettings
+from sunsetd.procsettings import ProcessSettings
+
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
 EXIT_PARENT_GONE = 3  # a child whose daemon died before it could ask to die with it
+SETTINGS_REFUSED = "settings refused: "  # how a zygote's answer says the kernel refused a process setting
 MAX_REQUEST = 1 << 20
 MAX_OUTSTANDING = 16  # fork requests sent and not answered; more wait in the daemon
 FIRST_ANSWER_S = 10.0  # the first answer waits for the zygote's imports
@@ -147,7 +152,10 @@ class ForkServer:
         while self._waiting and len(self._sent) < MAX_OUTSTANDING and self.sock is not None:
             handle, launch = self._waiting[0]
             self._seq += 1
-            request = json.dumps({"seq": self._seq, "launch": launch.encode(), "title": launch.title}).encode()
+            settings = getattr(handle, "settings", None)
+            request = json.dumps({"seq": self._seq, "launch": launch.encode(), "title": launch.title,
+                                  "settings": None if settings is None or settings.empty else settings.to_wire()
+                                  }).encode()
             try:
                 outputs, write_ends = self.make_pipes()
             except OSError as exc:  # out of file descriptors: this start fails, the zygote is fine
@@ -236,6 +244,8 @@ def _agent_child(request: dict, fds: list[int], control: socket.socket, daemon_p
         signal.signal(sig, signal.SIG_DFL)
     os.environ.clear()
     os.environ.update(base_env)
+    if request.get("settings"):
+        os.environ.update(ProcessSettings.from_wire(request["settings"]).environment())
     os.environ[LAUNCH_ENV] = request["launch"]
     import random
 
@@ -281,6 +291,12 @@ def _serve(control: socket.socket, daemon_pid: int) -> None:
         middle = os.fork()
         if middle == 0:  # the intermediate: fork the agent, report its pid, exit so it is reparented
             os.close(r)
+            if request.get("settings"):  # the agent inherits them; a refusal is answered, not an agent death
+                try:
+                    procsettings.apply(ProcessSettings.from_wire(request["settings"]))
+                except OSError as exc:
+                    os.write(w, f"E{SETTINGS_REFUSED}{exc.strerror or exc}".encode()[:4000])
+                    os._exit(0)
             agent = os.fork()
             if agent == 0:
                 os.close(w)
@@ -291,10 +307,13 @@ def _serve(control: socket.socket, daemon_pid: int) -> None:
         for fd in fds:
             os.close(fd)
         os.waitpid(middle, 0)  # once it is reaped, the agent is the daemon's child
-        pid = os.read(r, 32).decode()
+        pid = os.read(r, 4096).decode(errors="replace")
         os.close(r)
-        control.send(json.dumps({"seq": request["seq"], "pid": int(pid)} if pid else
-                                {"seq": request["seq"], "error": "fork failed"}).encode())
+        if pid.startswith("E"):
+            control.send(json.dumps({"seq": request["seq"], "error": pid[1:]}).encode())
+        else:
+            control.send(json.dumps({"seq": request["seq"], "pid": int(pid)} if pid else
+                                    {"seq": request["seq"], "error": "fork failed"}).encode())
 
 
 def _runtime_dir_of(argv: list[str]) -> str:

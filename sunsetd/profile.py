@@ -17,6 +17,9 @@ from typing import Any, Callable
 
 import yaml
 
+from sunsetd import procsettings
+from sunsetd.procsettings import ProcessSettings
+
 
 class RestartMode(str, enum.Enum):
     ALWAYS = "always"
@@ -61,6 +64,7 @@ class AgentSpec:
     max_queue: int = 256
     backoff: Backoff = Backoff()
     intensity: Intensity = Intensity()
+    process: ProcessSettings = ProcessSettings()  # env, cwd, user, umask, nice, limits of its process
 
 
 @dataclass(frozen=True)
@@ -171,6 +175,34 @@ def _name(v: Any) -> str:
     return v
 
 
+def _path(v: Any) -> str:
+    if not isinstance(v, str) or not v or "\0" in v:
+        raise ValueError("expected a path")
+    return v
+
+
+def _relative_to(origin: Path, key: str, value: Any, where: str, errors: list[str]) -> Any:
+    """A path field is relative to the file that gives it; env_file is read now (so --check sees it)."""
+    if key not in ("env_file", "cwd"):
+        return value
+    path = Path(value) if os.path.isabs(value) else origin.parent / value
+    if key == "cwd":
+        return str(path)
+    try:
+        return procsettings.read_env_file(path, os.environ)
+    except ValueError as exc:
+        errors.append(f"{where}: field 'env_file': {exc}")
+        return None
+
+
+def _process_settings(values: dict[str, Any], defaults: dict[str, Any], own: dict[str, Any]) -> ProcessSettings:
+    env = {**values.get("env_file", {}), **defaults.get("env", {}), **own.get("env", {})}
+    return ProcessSettings(
+        env=tuple(env.items()), cwd=values.get("cwd"), user=values.get("user"), group=values.get("group"),
+        umask=values.get("umask"), nice=values.get("nice"),
+        rlimits=tuple((procsettings.RLIMITS[k], values[k]) for k in procsettings.RLIMITS if k in values))
+
+
 def _run(v: Any) -> str:
     if not isinstance(v, str) or not _RUN_RE.match(v):
         raise ValueError("expected 'module:Class'")
@@ -206,7 +238,17 @@ _SETTINGS: dict[str, Callable[[Any], Any]] = {
     "concurrency": _int(1),
     "max_inflight": _int(1),
     "max_queue": _int(0),
+    # the process's own settings (procsettings.py); env merges over the defaults' env, the rest override
+    "env": lambda v: procsettings.parse_env(v, os.environ),
+    "env_file": _path,
+    "cwd": _path,
+    "user": lambda v: procsettings.parse_name(v, "user"),
+    "group": lambda v: procsettings.parse_name(v, "group"),
+    "umask": procsettings.parse_umask,
+    "nice": procsettings.parse_nice,
+    **{key: (lambda k: lambda v: procsettings.parse_rlimit(k, v))(key) for key in procsettings.RLIMITS},
 }
+_PROCESS_FIELDS = ("env", "env_file", "cwd", "user", "group", "umask", "nice", *procsettings.RLIMITS)
 _AGENT_ONLY: dict[str, Callable[[Any], Any]] = {
     "name": _name,
     "run": _run,
@@ -454,7 +496,10 @@ def _convert(where: str, key: str, value: Any, schema: dict, errors: list[str]) 
 def _checked_defaults(merged: _Merged, errors: list[str]) -> dict[str, Any]:
     out = {}
     for key, value in merged.defaults.items():
-        checked = _convert(f"{merged.defaults_origin[key]}: defaults", key, value, _SETTINGS, errors)
+        where = f"{merged.defaults_origin[key]}: defaults"
+        checked = _convert(where, key, value, _SETTINGS, errors)
+        if checked is not None:
+            checked = _relative_to(merged.defaults_origin[key], key, checked, where, errors)
         if checked is not None:
             out[key] = checked
     return out
@@ -464,7 +509,10 @@ def _resolve_agent(name: str, raw: _RawAgent, defaults: dict[str, Any], errors: 
     n_errors = len(errors)
     own: dict[str, Any] = {}
     for key, value in raw.fields.items():
-        checked = _convert(f"{raw.origin[key]}: agent {name!r}", key, value, {**_SETTINGS, **_AGENT_ONLY}, errors)
+        where = f"{raw.origin[key]}: agent {name!r}"
+        checked = _convert(where, key, value, {**_SETTINGS, **_AGENT_ONLY}, errors)
+        if checked is not None:
+            checked = _relative_to(raw.origin[key], key, checked, where, errors)
         if checked is not None:
             own[key] = checked
     if "run" not in raw.fields:
@@ -479,6 +527,16 @@ def _resolve_agent(name: str, raw: _RawAgent, defaults: dict[str, Any], errors: 
         errors.append(f"{where}: agent {name!r}: field 'essential': a lazy agent cannot be essential")
     if len(errors) > n_errors:
         return None
+    values["process"] = _process_settings(values, defaults, own)
+    for key in ("user", "group"):
+        if getattr(values["process"], key) is not None and values.get("run"):
+            where = raw.origin.get(key, raw.origin["name"])
+            errors.append(f"{where}: agent {name!r}: field {key!r}: a Python agent runs as sunsetd's own user "
+                          f"(only sunsetd's uid may speak on the agents socket); {key} is for programs")
+    if len(errors) > n_errors:
+        return None
+    for key in _PROCESS_FIELDS:
+        values.pop(key, None)
     return AgentSpec(**values)
 
 
@@ -533,6 +591,9 @@ def load_profile(name_or_path: str) -> Profile:
         spec = _resolve_agent(name, raw, defaults, errors)
         if spec is not None:
             specs[name] = spec
+            refused = procsettings.refusal(spec.process)  # this daemon's rights, this machine's users
+            if refused is not None:
+                errors.append(f"{raw.origin['name']}: agent {name!r}: {refused}")
     for name, raw in merged.agents.items():  # also for agents with other errors: report everything at once
         deps = raw.fields.get("depends_on", [])
         for dep in deps if isinstance(deps, list) else []:

@@ -25,8 +25,9 @@ from typing import Callable, Protocol
 
 import psutil
 
-from sunsetd import logs, rundir
-from sunsetd.forkserver import ForkServer, become_subreaper, child_env, die_with_parent
+from sunsetd import logs, procsettings, rundir
+from sunsetd.forkserver import SETTINGS_REFUSED, ForkServer, become_subreaper, child_env, die_with_parent
+from sunsetd.procsettings import ProcessSettings
 from sunsetd.profile import AgentSpec
 from sunsetd.protocol import LAUNCH_ENV, Launch, routing_id
 from sunsetd.timers import Timer, Timers
@@ -185,6 +186,7 @@ class LocalHandle:
         self.rss: int | None = None
         self.announced = False  # Started was delivered
         self.reaped = False
+        self.settings = ProcessSettings()  # its environment, user, directory and limits (the spawn's)
         self._early_signals: list[int] = []
 
     def __repr__(self) -> str:
@@ -260,6 +262,13 @@ class LocalSpawner:
 
     def spawn(self, spec: AgentSpec, incarnation: int, listener: Listener) -> LocalHandle:
         handle = LocalHandle(spec.name, incarnation, listener)
+        handle.settings = spec.process
+        # what the kernel would refuse (a limit over the hard one, a user that is gone) fails here, with
+        # its reason, not in the child with a generic one
+        refused = None if spec.process.empty else procsettings.refusal(spec.process)
+        if refused is not None:
+            self.timers.call_soon(lambda: self._failed(handle, refused))
+            return handle
         self._start_agent(handle, self.launch(spec, incarnation))
         return handle
 
@@ -284,9 +293,10 @@ class LocalSpawner:
     # ---- making processes
     def _start_agent(self, handle: LocalHandle, launch: Launch) -> None:
         self._exec(handle, [self.python, "-m", "sunsetd.agent", launch.title, "--runtime-dir", str(self.runtime_dir)],
-                   {**self.env, LAUNCH_ENV: launch.encode()})
+                   {**self.env, **handle.settings.environment(), LAUNCH_ENV: launch.encode()}, handle.settings)
 
-    def _exec(self, handle: LocalHandle, argv: list[str], env: dict) -> None:
+    def _exec(self, handle: LocalHandle, argv: list[str], env: dict,
+              settings: ProcessSettings = ProcessSettings()) -> None:
         """Never raises: a process that cannot be made is a SpawnFailed event, like any other news."""
         try:
             outputs, (out_w, err_w) = _pipes()
@@ -295,15 +305,21 @@ class LocalSpawner:
             self.timers.call_soon(lambda: self._failed(handle, error))
             return
         parent = self.pid
+
+        def in_child() -> None:
+            procsettings.apply(settings)  # limits and nice while still root, then the user, then the directory
+            die_with_parent(parent)  # after the user: a change of credentials clears the parent-death signal
+
         try:
             popen = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=out_w, stderr=err_w, env=env, close_fds=True,
                 start_new_session=True,  # its own session and process group: signals reach all of it, never us
-                preexec_fn=lambda: die_with_parent(parent))
-        except OSError as exc:
+                preexec_fn=in_child)
+        except (OSError, subprocess.SubprocessError) as exc:
             for fd in outputs:
                 os.close(fd)
-            error = f"{argv[0]}: {exc.strerror or exc}"
+            error = f"{argv[0]}: {exc.strerror or exc}" if isinstance(exc, OSError) else \
+                f"its process settings were refused in the child ({exc})"
             self.timers.call_soon(lambda: self._failed(handle, error))
             return
         finally:
@@ -515,6 +531,9 @@ class ForkSpawner(LocalSpawner):
         self._announce(handle)
 
     def _on_refused(self, handle: LocalHandle, launch: Launch, why: str) -> None:
+        if why.startswith(SETTINGS_REFUSED):
+            self._failed(handle, why)  # exec would be refused the same
+            return
         logs.event(handle.name, "spawner", f"the zygote could not fork it ({why}); starting it by exec", "WARNING",
                    incarnation=handle.incarnation)
         super()._start_agent(handle, launch)
