@@ -76,7 +76,8 @@ def format_status(status: dict) -> str:
     rows = [("NAME", "STATE", "PID", "INC", "UPTIME", "RESTARTS", "RSS", "HEARTBEAT", "FLAGS", "REASON")]
     for a in status["agents"]:
         age = a.get("heartbeat_age_ms")
-        flags = ",".join(f for f, on in (("essential", a.get("essential")), ("lazy", a.get("lazy"))) if on) or "-"
+        flags = ",".join(f for f, on in (("essential", a.get("essential")), ("lazy", a.get("lazy")),
+                                         ("program", a.get("program"))) if on) or "-"
         rows.append((a["name"], agent_state(a), str(a["pid"] or "-"), str(a.get("incarnation") or "-"),
                      _duration(a.get("uptime_s")), str(a["restarts"]), _mib(a.get("rss_bytes")),
                      "-" if age is None else f"{age}ms ago", flags, agent_reason(a)))

@@ -199,7 +199,7 @@ class Daemon:
         job = _ReloadJob(profile, on_applied, arg, dry_run)
         self._reload_jobs.append(job)
         job.check = self.spawner.spawn_helper(
-            "runcheck", runcheck.command(sys.executable, (a.run for a in profile.agents)),
+            "runcheck", runcheck.command(sys.executable, (a.run for a in profile.agents if a.run)),
             lambda event: self._on_check_event(job, event))
         job.timer = self.timers.call_later(runcheck.CHECK_TIMEOUT_S, job.check.kill)
 

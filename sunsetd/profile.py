@@ -11,6 +11,8 @@ from __future__ import annotations
 import enum
 import os
 import re
+import shlex
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -45,7 +47,9 @@ class Intensity:
 @dataclass(frozen=True)
 class AgentSpec:
     name: str
-    run: str
+    run: str = ""  # module:Class of a Python agent, or
+    command: tuple[str, ...] = ()  # the argv of a program (never run through a shell)
+    stop_signal: int = 15  # what asks it to stop (SIGTERM); SIGKILL after stop_timeout_s
     lazy: bool = False
     essential: bool = True
     idle_timeout_s: float = 300.0
@@ -203,6 +207,50 @@ def _process_settings(values: dict[str, Any], defaults: dict[str, Any], own: dic
         rlimits=tuple((procsettings.RLIMITS[k], values[k]) for k in procsettings.RLIMITS if k in values))
 
 
+def _command(v: Any) -> tuple[str, ...]:
+    """An argv list, or a string split as a shell would split it (it is never run through one)."""
+    if isinstance(v, str):
+        try:
+            v = shlex.split(v)
+        except ValueError as exc:
+            raise ValueError(f"cannot split it into words: {exc}") from None
+    if not isinstance(v, list) or not v or not all(isinstance(a, (str, int, float)) and not isinstance(a, bool)
+                                                   for a in v):
+        raise ValueError("expected a non-empty list of arguments, or a command line")
+    argv = tuple(str(a) for a in v)
+    if not argv[0] or "\0" in "".join(argv):
+        raise ValueError("expected a program to run first")
+    return argv
+
+
+def _signal(v: Any) -> int:
+    import signal
+
+    try:
+        if isinstance(v, int) and not isinstance(v, bool):
+            return int(signal.Signals(v))
+        if isinstance(v, str):
+            name = v.upper()
+            return int(signal.Signals[name if name.startswith("SIG") else "SIG" + name])
+    except (KeyError, ValueError):
+        pass
+    raise ValueError("expected a signal name such as SIGTERM or SIGINT")
+
+
+def _executable_problem(argv: tuple[str, ...], process: ProcessSettings) -> str | None:
+    """Whether the program can be run: found on the PATH it will have, and executable."""
+    program = argv[0]
+    env = dict(process.env)
+    if "/" in program:
+        path = program if os.path.isabs(program) else os.path.join(process.cwd or os.getcwd(), program)
+        if not os.path.isfile(path):
+            return f"{program!r}: no such file"
+        return None if os.access(path, os.X_OK) else f"{program!r}: not executable"
+    if shutil.which(program, path=env.get("PATH", os.environ.get("PATH", os.defpath))) is None:
+        return f"{program!r} not found on PATH"
+    return None
+
+
 def _run(v: Any) -> str:
     if not isinstance(v, str) or not _RUN_RE.match(v):
         raise ValueError("expected 'module:Class'")
@@ -238,6 +286,7 @@ _SETTINGS: dict[str, Callable[[Any], Any]] = {
     "concurrency": _int(1),
     "max_inflight": _int(1),
     "max_queue": _int(0),
+    "stop_signal": _signal,
     # the process's own settings (procsettings.py); env merges over the defaults' env, the rest override
     "env": lambda v: procsettings.parse_env(v, os.environ),
     "env_file": _path,
@@ -252,6 +301,7 @@ _PROCESS_FIELDS = ("env", "env_file", "cwd", "user", "group", "umask", "nice", *
 _AGENT_ONLY: dict[str, Callable[[Any], Any]] = {
     "name": _name,
     "run": _run,
+    "command": _command,
     "depends_on": _dependencies,
     "config": _mapping,
 }
@@ -515,8 +565,10 @@ def _resolve_agent(name: str, raw: _RawAgent, defaults: dict[str, Any], errors: 
             checked = _relative_to(raw.origin[key], key, checked, where, errors)
         if checked is not None:
             own[key] = checked
-    if "run" not in raw.fields:
-        errors.append(f"{raw.origin['name']}: agent {name!r}: field 'run': missing")
+    if ("run" in raw.fields) == ("command" in raw.fields):
+        errors.append(f"{raw.origin['name']}: agent {name!r}: " + (
+            "give run (a Python agent) or command (a program), not both" if "run" in raw.fields else
+            "field 'run': missing (or command, for a program)"))
     values = {**defaults, **own}
     for key, (_, cls) in _NESTED.items():
         values[key] = cls(**{**defaults.get(key, {}), **own.get(key, {})})
@@ -533,6 +585,10 @@ def _resolve_agent(name: str, raw: _RawAgent, defaults: dict[str, Any], errors: 
             where = raw.origin.get(key, raw.origin["name"])
             errors.append(f"{where}: agent {name!r}: field {key!r}: a Python agent runs as sunsetd's own user "
                           f"(only sunsetd's uid may speak on the agents socket); {key} is for programs")
+    if values.get("command"):
+        problem = _executable_problem(values["command"], values["process"])
+        if problem is not None:
+            errors.append(f"{raw.origin.get('command', raw.origin['name'])}: agent {name!r}: field 'command': {problem}")
     if len(errors) > n_errors:
         return None
     for key in _PROCESS_FIELDS:
@@ -627,7 +683,8 @@ def describe(profile: Profile) -> str:
         lines.append(f"  {profile.description}")
     specs = profile.by_name
     for i, level in enumerate(profile.levels):
-        names = ", ".join(n + (" (lazy)" if specs[n].lazy else "") for n in level)
+        names = ", ".join(n + (" (lazy)" if specs[n].lazy else "") + (" (program)" if specs[n].command else "")
+                          for n in level)
         lines.append(f"level {i}: {names}")
     c = profile.counts()
     lines.append(f"agents: {c['total']} total, {c['essential']} essential, {c['eager']} eager, {c['lazy']} lazy")

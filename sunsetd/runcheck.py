@@ -47,6 +47,8 @@ def profile_errors(profile: Profile, results: dict[str, str | None], failure: st
     """One line per agent whose target is wrong, naming the file, the agent and the field."""
     errors = []
     for spec in profile.agents:
+        if not spec.run:
+            continue  # a program: its command is checked by the profile loader
         where = f"{profile.origin_of(spec.name, 'run')}: agent {spec.name!r}: field 'run'"
         if spec.run not in results:
             errors.append(f"{where}: {spec.run!r} was not checked ({failure or 'the check did not answer'})")
@@ -69,7 +71,7 @@ class Check:
             return
         parent = os.getpid()
         try:
-            self.proc = subprocess.Popen(command(python, (a.run for a in profile.agents)), stdin=subprocess.DEVNULL,
+            self.proc = subprocess.Popen(command(python, (a.run for a in profile.agents if a.run)), stdin=subprocess.DEVNULL,
                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                          preexec_fn=lambda: die_with_parent(parent))
         except OSError as exc:

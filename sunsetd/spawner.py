@@ -269,7 +269,10 @@ class LocalSpawner:
         if refused is not None:
             self.timers.call_soon(lambda: self._failed(handle, refused))
             return handle
-        self._start_agent(handle, self.launch(spec, incarnation))
+        if spec.command:  # a program: exec'd as it is, whatever the spawner (the zygote forks Python agents)
+            self._exec(handle, list(spec.command), {**self.env, **spec.process.environment()}, spec.process)
+        else:
+            self._start_agent(handle, self.launch(spec, incarnation))
         return handle
 
     def spawn_helper(self, name: str, argv: list[str], listener: Listener) -> LocalHandle:

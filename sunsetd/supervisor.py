@@ -19,7 +19,7 @@ from typing import Any, Callable, Protocol
 from sunsetd import budget, health, logs
 from sunsetd.policy import Action, Kill, Lifecycle, Spawn, State, Terminate, Transition
 from sunsetd.profile import AgentSpec, Profile
-from sunsetd.protocol import Kind
+from sunsetd.protocol import ErrorCode, Kind
 from sunsetd.reload import (ReloadOutcome, ReloadPlan, RollBack, Settled, SettleWatch, dependency_cycle,
                             settle_budget_s)
 from sunsetd.requestbook import Availability, AgentView
@@ -433,7 +433,11 @@ class Supervisor:
         if slot.hello:
             grace_ms = int(slot.spec.stop_timeout_s * 800)  # leave the agent a margin before our SIGKILL
             self.channel.send(slot.name, handle.incarnation, Kind.STOP, {"grace_ms": grace_ms})
-        handle.terminate()
+        if slot.spec.stop_signal == signal.SIGTERM:
+            handle.terminate()
+        else:  # a program's own way to be asked (SIGINT, SIGQUIT, ...), and SIGCONT so a frozen one obeys
+            handle.signal(slot.spec.stop_signal)
+            handle.resume()
 
     def _publish(self, slot: AgentSlot) -> None:
         """Tell the request book what it must know of this agent, when that changed."""
@@ -447,6 +451,9 @@ class Supervisor:
     def _view(self, slot: AgentSlot) -> AgentView:
         spec, lc = slot.spec, slot.lifecycle
         limits = {"max_inflight": spec.max_inflight, "max_queue": spec.max_queue}
+        if spec.command:  # a program speaks no protocol of ours: nothing is ever queued for it
+            return AgentView(Availability.DOWN, code=ErrorCode.BAD_REQUEST, **limits,
+                             message=f"{slot.name} is a program (command:): it takes no requests")
         if lc.state is State.READY and slot.handle is not None:
             return AgentView(Availability.READY, slot.handle.incarnation, **limits)
         if lc.state is State.FAILED:
@@ -470,6 +477,8 @@ class Supervisor:
             return  # an older incarnation's late news
         elif isinstance(event, Started):
             logs.event(slot.name, "spawn", incarnation=handle.incarnation, pid=handle.pid)
+            if slot.spec.command:  # a program is ready once it runs (readiness probes are to come)
+                self._apply(slot, slot.lifecycle.ready(self.timers.now()))
         elif isinstance(event, Memory):
             over = health.memory_verdict(event.rss, slot.spec.max_rss_mb)
             if over is not None and slot.state is State.READY:
@@ -729,6 +738,7 @@ class Supervisor:
             "restarts": slot.lifecycle.restarts,
             "essential": slot.spec.essential,
             "lazy": slot.spec.lazy,
+            "program": bool(slot.spec.command),
             "wanted": slot.wanted,
             "uptime_s": round(now - handle.started_at, 3) if handle and handle.started_at is not None else None,
             "rss_bytes": rss,
