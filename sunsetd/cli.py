@@ -59,6 +59,9 @@ def agent_reason(a: dict) -> str:
     exit, that exit."""
     if a.get("never_started") and a["state"] == "stopped":
         return "lazy: starts on its first request" if a.get("lazy") else a.get("reason") or "not started"
+    probe = a.get("probe")
+    if a["state"] in ("ready", "starting") and probe and not probe["ok"]:
+        return f"{probe['kind']} probe: {probe['what']} ({_duration(probe['ago_s'])} ago)"
     exit_ = a.get("last_exit")
     if a["state"] == "ready" and exit_ and not exit_.get("asked"):
         return (f"last exit: {exit_['description']} after {_duration(exit_['uptime_s'])} "

@@ -30,6 +30,7 @@ from sunsetd.forkserver import ForkServer
 from sunsetd.loop import EventLoop
 from sunsetd.metrics import Metrics
 from sunsetd.policy import Transition
+from sunsetd.probes import Prober
 from sunsetd.profile import Profile, ProfileError, load_profile
 from sunsetd.reload import ReloadOutcome, ReloadPlan
 from sunsetd.requestbook import AgentView, RequestBook
@@ -333,7 +334,8 @@ class Daemon:
         self.access.open_directory(self.runtime_dir)  # every socket in it has its mode: the group may enter
         self._events_sink = logger.add(self.events.sink, level="INFO", format="{message}")
         self.spawner = self._make_spawner()
-        self.supervisor = Supervisor(profile, self.spawner, self.router, self.timers, self.book, self)
+        prober = Prober(self.loop, self.timers, self.spawner.spawn_helper)
+        self.supervisor = Supervisor(profile, self.spawner, self.router, self.timers, self.book, self, prober=prober)
         self.controller = Controller(self.supervisor, self.router, self.book, self, self.agent_logs,
                                      profile_paths=self.access.gid is None)
         self.router.on_control = self.controller.handle

@@ -20,8 +20,10 @@ class EventLoop:
         self.callbacks: dict[object, Callable[[], None]] = {}
         self.first: list[object] = []  # sources served before the others in each round
 
-    def watch(self, source: object, callback: Callable[[], None], first: bool = False) -> None:
-        self.poller.register(source, zmq.POLLIN)
+    def watch(self, source: object, callback: Callable[[], None], first: bool = False,
+              events: int = zmq.POLLIN) -> None:
+        """Call `callback` when `source` is readable (or, with events=POLLOUT, writable: a connect done)."""
+        self.poller.register(source, events)
         self.callbacks[source] = callback
         if first:
             self.first.append(source)

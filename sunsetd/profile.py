@@ -19,7 +19,8 @@ from typing import Any, Callable
 
 import yaml
 
-from sunsetd import procsettings
+from sunsetd import probes, procsettings
+from sunsetd.probes import Probe
 from sunsetd.procsettings import ProcessSettings
 
 
@@ -50,6 +51,8 @@ class AgentSpec:
     run: str = ""  # module:Class of a Python agent, or
     command: tuple[str, ...] = ()  # the argv of a program (never run through a shell)
     stop_signal: int = 15  # what asks it to stop (SIGTERM); SIGKILL after stop_timeout_s
+    ready: Probe | None = None  # a program's readiness probe (None: ready once it runs)
+    health: Probe | None = None  # a ready program's liveness probe
     lazy: bool = False
     essential: bool = True
     idle_timeout_s: float = 300.0
@@ -302,6 +305,8 @@ _AGENT_ONLY: dict[str, Callable[[Any], Any]] = {
     "name": _name,
     "run": _run,
     "command": _command,
+    "ready": lambda v: probes.parse(v, health=False),
+    "health": lambda v: probes.parse(v, health=True),
     "depends_on": _dependencies,
     "config": _mapping,
 }
@@ -585,6 +590,10 @@ def _resolve_agent(name: str, raw: _RawAgent, defaults: dict[str, Any], errors: 
             where = raw.origin.get(key, raw.origin["name"])
             errors.append(f"{where}: agent {name!r}: field {key!r}: a Python agent runs as sunsetd's own user "
                           f"(only sunsetd's uid may speak on the agents socket); {key} is for programs")
+    for key in ("ready", "health"):
+        if values.get(key) is not None and values.get("run"):
+            errors.append(f"{raw.origin[key]}: agent {name!r}: field {key!r}: probes are for programs (a Python "
+                          f"agent says READY itself, and heartbeats)")
     if values.get("command"):
         problem = _executable_problem(values["command"], values["process"])
         if problem is not None:

@@ -11,6 +11,7 @@ touches a pid, and reads time only from its injected Timers.
 from __future__ import annotations
 
 import random
+import re
 import signal
 from collections import Counter
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from typing import Any, Callable, Protocol
 
 from sunsetd import budget, health, logs
 from sunsetd.policy import Action, Kill, Lifecycle, Spawn, State, Terminate, Transition
+from sunsetd.probes import Probe
 from sunsetd.profile import AgentSpec, Profile
 from sunsetd.protocol import ErrorCode, Kind
 from sunsetd.reload import (ReloadOutcome, ReloadPlan, RollBack, Settled, SettleWatch, dependency_cycle,
@@ -46,6 +48,12 @@ class AgentChannel(Protocol):
     def send(self, name: str, incarnation: int, kind: Kind, body: Any = None) -> bool: ...
     @property
     def unread(self) -> bool: ...
+
+
+class ProbeRunner(Protocol):
+    """Runs a program's probe off the supervisor (sockets, children); `done(ok, what)` once; returns cancel."""
+
+    def run(self, probe: Probe, done: Callable[[bool, str], None]) -> Callable[[], None]: ...
 
 
 class RequestView(Protocol):
@@ -83,6 +91,10 @@ class AgentSlot:
     heartbeat_misses: int = 0
     lazy_start_at: float | None = None  # when a request started this lazy agent, until it is ready
     stop_reason: str | None = None  # why it is to stop once its dependents have (a group stop)
+    probe_cancel: Callable[[], None] | None = None  # the probe in flight (a program's ready or health)
+    probe_timer: Timer | None = None  # the next probe
+    probe_failures: int = 0  # health probes failed in a row
+    last_probe: dict | None = None  # for status: kind, ok, what, when
     last_exit: "LastExit | None" = None
     deadline_timer: Timer | None = None
     heartbeat_timer: Timer | None = None
@@ -106,8 +118,10 @@ class AgentSlot:
 
 class Supervisor:
     def __init__(self, profile: Profile, spawner: Spawner, channel: AgentChannel, timers: Timers,
-                 requests: RequestView, listener: Listener, rng: random.Random | None = None):
+                 requests: RequestView, listener: Listener, rng: random.Random | None = None,
+                 prober: ProbeRunner | None = None):
         self.profile = profile
+        self.prober = prober
         self.spawner = spawner
         self.channel = channel
         self.timers = timers
@@ -369,6 +383,11 @@ class Supervisor:
         logs.event(slot.name, "state", f"{t.old.value} -> {t.new.value}", level, reason=t.reason,
                    incarnation=logged or None, pid=handle.pid if handle else None)
         now = self.timers.now()
+        if t.new is State.READY and slot.spec.health is not None and slot.handle is not None:
+            slot.probe_timer = self.timers.call_later(slot.spec.health.interval_ms / 1000,
+                                                      lambda h=slot.handle: self._probe(slot, h, slot.spec.health))
+        elif t.new is State.STOPPING:
+            self._stop_probing(slot)  # what it answers while it stops says nothing
         if t.new is State.READY:
             if slot.lazy_start_at is not None:
                 self.listener.lazy_started(slot.name, now - slot.lazy_start_at)
@@ -473,12 +492,22 @@ class Supervisor:
         current = slot is not None and slot.handle is handle
         if isinstance(event, Output):
             logs.agent_output(handle.name, event.stream, event.line, handle.incarnation, handle.pid)
+            ready = slot.spec.ready if current else None
+            if ready is not None and ready.kind == "log" and slot.state is State.STARTING \
+                    and re.search(ready.target, event.line):
+                slot.last_probe = {"kind": "ready", "ok": True, "what": f"log: {event.line[:200]}",
+                                   "at": self.timers.now()}
+                self._apply(slot, slot.lifecycle.ready(self.timers.now()))
         elif not current:
             return  # an older incarnation's late news
         elif isinstance(event, Started):
             logs.event(slot.name, "spawn", incarnation=handle.incarnation, pid=handle.pid)
-            if slot.spec.command:  # a program is ready once it runs (readiness probes are to come)
-                self._apply(slot, slot.lifecycle.ready(self.timers.now()))
+            if slot.spec.command:
+                ready = slot.spec.ready
+                if ready is None:  # no probe: ready once it runs
+                    self._apply(slot, slot.lifecycle.ready(self.timers.now()))
+                elif ready.kind != "log":  # a log probe waits for its line
+                    self._probe(slot, handle, ready)
         elif isinstance(event, Memory):
             over = health.memory_verdict(event.rss, slot.spec.max_rss_mb)
             if over is not None and slot.state is State.READY:
@@ -492,6 +521,7 @@ class Supervisor:
 
     def _on_exited(self, slot: AgentSlot, handle: ProcessHandle, event: Exited) -> None:
         now = self.timers.now()
+        self._stop_probing(slot)
         slot.handle = None
         slot.hello = False
         self.timers.cancel(slot.heartbeat_timer)
@@ -533,6 +563,48 @@ class Supervisor:
             self._schedule_heartbeat(slot, now)
         elif kind is Kind.READY:
             self._apply(slot, slot.lifecycle.ready(now))
+
+    # ---- a program's probes (the prober runs them; here is what their results mean)
+    def _probe(self, slot: AgentSlot, handle: ProcessHandle, probe: Probe) -> None:
+        """Run `probe` for this incarnation: a ready probe until it passes (the start timeout bounds it),
+        a health probe every interval while it is ready, `failures` in a row being a hang."""
+        slot.probe_timer = None
+        if self.prober is None or slot.handle is not handle:
+            return
+        health = probe is slot.spec.health
+        if slot.state is not (State.READY if health else State.STARTING):
+            return
+
+        def done(ok: bool, what: str) -> None:
+            slot.probe_cancel = None
+            if slot.handle is not handle:
+                return
+            now = self.timers.now()
+            slot.last_probe = {"kind": "health" if health else "ready", "ok": ok, "what": what, "at": now}
+            if not health:
+                if ok:
+                    self._apply(slot, slot.lifecycle.ready(now))
+                else:
+                    slot.probe_timer = self.timers.call_later(probe.interval_ms / 1000,
+                                                              lambda: self._probe(slot, handle, probe))
+                return
+            slot.probe_failures = 0 if ok else slot.probe_failures + 1
+            if slot.probe_failures >= probe.failures:
+                slot.probe_failures = 0
+                self._unhealthy(slot, f"health probe failed {probe.failures} time(s) in a row: {what}")
+            elif slot.state is State.READY:
+                slot.probe_timer = self.timers.call_later(probe.interval_ms / 1000,
+                                                          lambda: self._probe(slot, handle, probe))
+
+        slot.probe_cancel = self.prober.run(probe, done)
+
+    def _stop_probing(self, slot: AgentSlot) -> None:
+        if slot.probe_cancel is not None:
+            cancel, slot.probe_cancel = slot.probe_cancel, None
+            cancel()
+        self.timers.cancel(slot.probe_timer)
+        slot.probe_timer = None
+        slot.probe_failures = 0
 
     def _schedule_heartbeat(self, slot: AgentSlot, now: float, delay: float | None = None) -> None:
         self.timers.cancel(slot.heartbeat_timer)
@@ -739,6 +811,9 @@ class Supervisor:
             "essential": slot.spec.essential,
             "lazy": slot.spec.lazy,
             "program": bool(slot.spec.command),
+            "probe": None if slot.last_probe is None else {
+                "kind": slot.last_probe["kind"], "ok": slot.last_probe["ok"], "what": slot.last_probe["what"],
+                "ago_s": round(now - slot.last_probe["at"], 3)},
             "wanted": slot.wanted,
             "uptime_s": round(now - handle.started_at, 3) if handle and handle.started_at is not None else None,
             "rss_bytes": rss,

@@ -153,3 +153,127 @@ def alive(p: psutil.Process) -> bool:
         return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
         return False
+
+
+# ---- probes -----------------------------------------------------------------------------------------------
+
+from sunsetd import probes  # noqa: E402
+
+
+def test_probe_fields_and_their_errors():
+    p = probes.parse({"http": "http://127.0.0.1:8080/health", "interval_ms": 50}, health=False)
+    assert (p.kind, p.interval_ms, p.timeout_ms, p.failures) == ("http", 50, 1000, 1)
+    h = probes.parse({"tcp": "localhost:5432", "failures": 2}, health=True)
+    assert (h.target, h.interval_ms, h.timeout_ms, h.failures) == (("localhost", 5432), 1000, 500, 2)
+    assert probes.parse({"exec": "pg_isready -q"}, health=True).target == ("pg_isready", "-q")
+    assert probes.parse({"log": r"listening on \d+"}, health=False).kind == "log"
+    for bad, health, message in (({"log": "x"}, True, "exactly one of http, tcp, exec"),
+                                 ({"http": "ftp://x"}, False, "expected a URL"),
+                                 ({"tcp": "nohostport"}, False, "HOST:PORT"),
+                                 ({"tcp": "h:1", "http": "http://h/"}, False, "exactly one"),
+                                 ({"tcp": "h:1", "failures": 2}, False, "unknown field 'failures'"),
+                                 ({"tcp": "h:1", "interval_ms": 0}, True, "interval_ms"),
+                                 ({"log": "("}, False, "not a regular expression")):
+        with pytest.raises(ValueError, match=message):
+            probes.parse(bad, health)
+
+
+def test_probes_are_for_programs(tmp_path):
+    with pytest.raises(ProfileError) as info:
+        load_profile(str(write(tmp_path, "  - {name: A, run: 'agents.testing:Echo', ready: {tcp: 'h:1'}}\n")))
+    assert "field 'ready': probes are for programs" in info.value.errors[0]
+
+
+class FakeProber:
+    """Probes answered by hand."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+
+    def run(self, probe, done):
+        self.calls.append((probe, done))
+        return lambda: self.calls.remove((probe, done)) if (probe, done) in self.calls else None
+
+    def answer(self, ok: bool, what: str = "") -> None:
+        probe, done = self.calls.pop(0)
+        done(ok, what)
+
+
+def probed(ready=None, health=None) -> tuple[Harness, FakeProber]:
+    prober = FakeProber()
+    h = Harness(profile(spec("P", run="", command=("p",), ready=ready, health=health, start_timeout_s=5.0)))
+    h.sup.prober = prober
+    h.start()
+    h.spawner.latest("P").start()
+    return h, prober
+
+
+def test_a_ready_probe_is_tried_until_it_passes():
+    h, prober = probed(ready=probes.Probe("tcp", ("h", 1), 100, 1000))
+    assert h.state("P") is State.STARTING
+    prober.answer(False, "connect: ECONNREFUSED")
+    assert h.state("P") is State.STARTING and not prober.calls
+    h.clock.advance(0.1)
+    prober.answer(True, "connected")
+    assert h.state("P") is State.READY and h.sup.agent_status("P", h.clock.now)["probe"]["what"] == "connected"
+
+
+def test_a_ready_probe_that_never_passes_is_a_failed_start():
+    h, prober = probed(ready=probes.Probe("tcp", ("h", 1), 100, 1000))
+    for _ in range(60):
+        if prober.calls:
+            prober.answer(False, "refused")
+        h.clock.advance(0.1)
+    assert h.state("P") is State.STOPPING and h.sup.slots["P"].lifecycle.reason == "not ready within start_timeout_s=5"
+    assert not prober.calls  # and no more probing of the incarnation being stopped
+
+
+def test_health_failures_in_a_row_take_the_hung_path():
+    h, prober = probed(health=probes.Probe("http", "http://h/", 1000, 500, failures=3))
+    assert h.state("P") is State.READY  # no ready probe: ready once it runs
+    for k in range(2):
+        h.clock.advance(1.0)
+        prober.answer(False, "no answer within 500 ms")
+        assert h.state("P") is State.READY
+    h.clock.advance(1.0)
+    prober.answer(True, "HTTP 200")  # a success resets the count
+    for _ in range(3):
+        h.clock.advance(1.0)
+        prober.answer(False, "no answer within 500 ms")
+    assert h.state("P") is State.STOPPING
+    assert "health probe failed 3 time(s) in a row: no answer within 500 ms" in h.sup.slots["P"].lifecycle.reason
+    assert not prober.calls  # nothing probes a program that is being stopped
+
+
+@pytest.mark.slow
+def test_a_frozen_http_server_is_found_by_its_health_probe_and_restarted(start_daemon, tmp_path):
+    import socket as _socket
+
+    with _socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    checker = tmp_path / "ready.sh"
+    checker.write_text(f"#!/bin/sh\nexec {sys.executable} -c 'import socket; socket.create_connection((\"127.0.0.1\", {port}), 1)'\n")
+    checker.chmod(0o755)
+    profile_file = write(tmp_path, f"""
+  - name: Web
+    command: [{sys.executable}, -u, -m, http.server, --bind, 127.0.0.1, '{port}']
+    ready: {{http: "http://127.0.0.1:{port}/", interval_ms: 50}}
+    health: {{http: "http://127.0.0.1:{port}/", interval_ms: 200, timeout_ms: 300, failures: 2}}
+    start_timeout_s: 10
+  - name: Tcp
+    command: [sleep, '600']
+    ready: {{exec: [{checker}], interval_ms: 50}}
+    depends_on: [Web]
+  - name: Logged
+    command: [sh, -c, 'sleep 0.3; echo "listening now"; exec sleep 600']
+    ready: {{log: 'listening \\w+'}}
+""")
+    d = start_daemon(profile_file)
+    web = d.agent("Web")
+    assert web["state"] == "ready" and web["probe"]["kind"] in ("ready", "health") and web["probe"]["ok"]
+    assert d.agent("Tcp")["probe"]["what"] == "exit code 0" and d.agent("Logged")["state"] == "ready"
+    os.kill(web["pid"], signal.SIGSTOP)  # alive, and answering nothing
+    restarted = d.wait_agent("Web", lambda a: a["incarnation"] == 2 and a["state"] == "ready", timeout=20)
+    assert restarted["restarts"] == 1
+    assert 'reason="health probe failed 2 time(s) in a row: no answer within 300 ms' in d.log()
