@@ -53,7 +53,11 @@ def parse(value: Any, health: bool) -> Probe:
     raw = value[kind]
     if kind == "http":
         parts = urlsplit(raw) if isinstance(raw, str) else None
-        if parts is None or parts.scheme != "http" or not parts.hostname:
+        try:
+            port_ok = parts is not None and (parts.port is None or 0 < parts.port)
+        except ValueError:  # urllib's "Port out of range", "invalid literal"
+            port_ok = False
+        if parts is None or parts.scheme != "http" or not parts.hostname or not port_ok:
             raise ValueError("http: expected a URL such as http://127.0.0.1:8080/health")
         target: Any = raw
     elif kind == "tcp":
@@ -162,7 +166,8 @@ class _SocketProbe:
             self.sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
             code = self.sock.connect_ex(self.address)
         except OSError as exc:  # a name that does not resolve, no fds left
-            self.prober.timers.call_soon(lambda: self._finish(False, str(exc.strerror or exc)))
+            why = str(exc.strerror or exc)
+            self.prober.timers.call_soon(lambda: self._finish(False, why))
             return self.cancel
         if code not in (0, errno.EINPROGRESS):
             self.prober.timers.call_soon(lambda: self._finish(False, errno.errorcode.get(code, str(code))))

@@ -203,7 +203,7 @@ def _relative_to(origin: Path, key: str, value: Any, where: str, errors: list[st
 
 
 def _process_settings(values: dict[str, Any], defaults: dict[str, Any], own: dict[str, Any]) -> ProcessSettings:
-    env = {**values.get("env_file", {}), **defaults.get("env", {}), **own.get("env", {})}
+    env = {**defaults.get("env", {}), **values.get("env_file", {}), **own.get("env", {})}
     return ProcessSettings(
         env=tuple(env.items()), cwd=values.get("cwd"), user=values.get("user"), group=values.get("group"),
         umask=values.get("umask"), nice=values.get("nice"),
@@ -590,6 +590,9 @@ def _resolve_agent(name: str, raw: _RawAgent, defaults: dict[str, Any], errors: 
             where = raw.origin.get(key, raw.origin["name"])
             errors.append(f"{where}: agent {name!r}: field {key!r}: a Python agent runs as sunsetd's own user "
                           f"(only sunsetd's uid may speak on the agents socket); {key} is for programs")
+    if values.get("command") and own.get("lazy"):
+        errors.append(f"{raw.origin['lazy']}: agent {name!r}: field 'lazy': a program takes no requests, so none "
+                      f"would ever start it (start it with sunsetctl, or make it a dependency)")
     for key in ("ready", "health"):
         if values.get(key) is not None and values.get("run"):
             errors.append(f"{raw.origin[key]}: agent {name!r}: field {key!r}: probes are for programs (a Python "

@@ -295,8 +295,11 @@ class LocalSpawner:
 
     # ---- making processes
     def _start_agent(self, handle: LocalHandle, launch: Launch) -> None:
+        env = {**self.env, **handle.settings.environment(), LAUNCH_ENV: launch.encode()}
+        if handle.settings.cwd is not None:  # run targets stay importable from the daemon's directory, as forked
+            env["PYTHONPATH"] = os.pathsep.join(p for p in (os.getcwd(), env.get("PYTHONPATH")) if p)
         self._exec(handle, [self.python, "-m", "sunsetd.agent", launch.title, "--runtime-dir", str(self.runtime_dir)],
-                   {**self.env, **handle.settings.environment(), LAUNCH_ENV: launch.encode()}, handle.settings)
+                   env, handle.settings)
 
     def _exec(self, handle: LocalHandle, argv: list[str], env: dict,
               settings: ProcessSettings = ProcessSettings()) -> None:

@@ -91,6 +91,7 @@ class AgentSlot:
     heartbeat_misses: int = 0
     lazy_start_at: float | None = None  # when a request started this lazy agent, until it is ready
     stop_reason: str | None = None  # why it is to stop once its dependents have (a group stop)
+    spawned_with: AgentSpec | None = None  # the definition its process was started with (a reload may change it)
     probe_cancel: Callable[[], None] | None = None  # the probe in flight (a program's ready or health)
     probe_timer: Timer | None = None  # the next probe
     probe_failures: int = 0  # health probes failed in a row
@@ -435,6 +436,7 @@ class Supervisor:
 
     def _spawn(self, slot: AgentSlot) -> None:
         incarnation = self.incarnations[slot.name] = self.incarnation(slot.name) + 1
+        slot.spawned_with = slot.spec
         slot.hello = False
         slot.last_heard = self.timers.now()
         try:
@@ -452,10 +454,11 @@ class Supervisor:
         if slot.hello:
             grace_ms = int(slot.spec.stop_timeout_s * 800)  # leave the agent a margin before our SIGKILL
             self.channel.send(slot.name, handle.incarnation, Kind.STOP, {"grace_ms": grace_ms})
-        if slot.spec.stop_signal == signal.SIGTERM:
+        stop_signal = slot.spawned_with.stop_signal if slot.spawned_with else slot.spec.stop_signal
+        if stop_signal == signal.SIGTERM:
             handle.terminate()
         else:  # a program's own way to be asked (SIGINT, SIGQUIT, ...), and SIGCONT so a frozen one obeys
-            handle.signal(slot.spec.stop_signal)
+            handle.signal(stop_signal)
             handle.resume()
 
     def _publish(self, slot: AgentSlot) -> None:
@@ -515,7 +518,11 @@ class Supervisor:
         elif isinstance(event, SpawnFailed):
             logs.event(slot.name, "spawn", f"failed: {event.error}", "ERROR", incarnation=handle.incarnation)
             slot.handle = None
-            self._apply(slot, slot.lifecycle.spawn_failed(self.timers.now(), event.error))
+            asked = slot.state is State.STOPPING
+            actions = slot.lifecycle.spawn_failed(self.timers.now(), event.error)
+            if not asked and slot.lifecycle.state is State.STOPPED:
+                slot.wanted = False  # its restart mode says stay stopped (else it would be spawned again at once)
+            self._apply(slot, actions)
         elif isinstance(event, Exited):
             self._on_exited(slot, handle, event)
 

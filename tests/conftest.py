@@ -174,13 +174,14 @@ class DaemonProcess:
         self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen | None = None
         self._client: Client | None = None
+        self.cwd = REPO  # the daemon's working directory
 
     def start(self) -> "DaemonProcess":
         self.log_file = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "sunsetd", "--profile", self.profile, "--runtime-dir",
              str(self.runtime_dir), "--metrics-addr", "127.0.0.1:0", *self.args],
-            stdout=self.log_file, stderr=subprocess.STDOUT, env=self.env, cwd=REPO)
+            stdout=self.log_file, stderr=subprocess.STDOUT, env=self.env, cwd=self.cwd)
         return self
 
     @property

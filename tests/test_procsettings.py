@@ -201,3 +201,27 @@ def test_an_agent_runs_with_its_settings_and_a_refused_one_is_a_spawn_failure_wi
         assert f"spawn failed: cwd {base / 'work'}: no such directory" in status["reason"]
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("spawner", ["fork", "exec"])
+def test_a_python_agent_with_a_cwd_still_imports_its_run_target_from_the_daemons_directory(runtime_dir, tmp_path,
+                                                                                          spawner):
+    """Found in review: with --spawner exec the agent's sys.path followed its cwd, and `mymod`, in the
+    daemon's directory, was lost."""
+    from conftest import DaemonProcess
+
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "mymod.py").write_text("from agents.testing import Echo\n\nclass Mine(Echo):\n    pass\n")
+    profile = tmp_path / "p.yaml"
+    profile.write_text("name: p\ndefaults: {heartbeat_ms: 100}\n"
+                       "agents:\n  - {name: M, run: 'mymod:Mine', cwd: empty}\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    d = DaemonProcess(runtime_dir, profile, ("--spawner", spawner))
+    d.env, d.cwd = env, tmp_path
+    d.start()
+    try:
+        d.wait_ready()
+        assert d.call("M", "process")["cwd"] == str(tmp_path / "empty")
+    finally:
+        assert d.terminate() == 0

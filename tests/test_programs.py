@@ -277,3 +277,54 @@ def test_a_frozen_http_server_is_found_by_its_health_probe_and_restarted(start_d
     restarted = d.wait_agent("Web", lambda a: a["incarnation"] == 2 and a["state"] == "ready", timeout=20)
     assert restarted["restarts"] == 1
     assert 'reason="health probe failed 2 time(s) in a row: no answer within 300 ms' in d.log()
+
+
+# ---- found in review ------------------------------------------------------------------------------------
+
+def program(**overrides):
+    return spec("P", **{"run": "", "command": ("p",), "start_timeout_s": 5.0, **overrides})
+
+
+def test_a_spawn_failure_that_stays_stopped_is_not_spawned_again():
+    """It was, at once and for ever: the daemon spun in its loop and ignored SIGTERM."""
+    from sunsetd.profile import RestartMode
+
+    h = Harness(profile(program(restart=RestartMode.NEVER))).start()
+    h.spawner.latest("P").fail_to_spawn("cwd /x: no such directory")
+    h.live(1.0)
+    assert h.spawner.names() == ["P#1"] and h.state("P") is State.STOPPED
+
+
+def test_a_reload_stops_the_old_incarnation_the_way_it_was_started():
+    from sunsetd import reload
+
+    h = Harness(profile(program(stop_signal=signal.SIGINT))).start()
+    old = h.spawner.latest("P").start()
+    h.sup.reload(reload.plan(h.sup.profile.by_name, profile(program(stop_signal=signal.SIGTERM))), lambda o: None)
+    assert old.signals[:1] == ["INT"]
+
+
+def test_probe_targets_the_daemon_cannot_use_are_answered_not_crashed_on():
+    from sunsetd.loop import EventLoop
+    from sunsetd.timers import Timers
+
+    with pytest.raises(ValueError, match="expected a URL"):
+        probes.parse({"http": "http://127.0.0.1:99999/"}, health=False)
+    with pytest.raises(ValueError, match="expected a URL"):
+        probes.parse({"http": "http://h:abc/"}, health=False)
+    timers = Timers()
+    loop = EventLoop(timers)
+    results: list = []
+    probes.Prober(loop, timers, None).run(probes.parse({"tcp": "no-such-host.invalid:80"}, False),
+                                          lambda ok, what: results.append((ok, what)))
+    for _ in range(50):
+        if results:
+            break
+        loop.run_once(0.05)
+    assert results and results[0][0] is False
+
+
+def test_a_lazy_program_is_a_profile_error(tmp_path):
+    with pytest.raises(ProfileError) as info:
+        load_profile(str(write(tmp_path, "  - {name: P, command: [sleep, 1], lazy: true}\n")))
+    assert "field 'lazy': a program takes no requests" in info.value.errors[0]
