@@ -13,7 +13,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from sunsetd import __version__, protocol
 from sunsetd.client import Client, DaemonUnreachable
@@ -229,12 +229,7 @@ def logs(client: Client, args: argparse.Namespace) -> int:
             return EXIT_OK
         shown = set(snapshot["agents"]) if args.agents else None
         last = dict(snapshot["last"])
-        pulse = Pulse(client)
-        while True:
-            line = client.next_event(sub, 1.0)
-            if line is None:
-                pulse.idle()
-                continue
+        for line in follow(client, sub):
             agent, seq = line[2], line[0]
             if (shown is not None and agent not in shown) or seq <= last.get(agent, 0):
                 continue
@@ -255,23 +250,24 @@ def logs(client: Client, args: argparse.Namespace) -> int:
             sub.close(linger=0)
 
 
-class Pulse:
-    """A follower with nothing to print asks the daemon every EVERY_S whether it is still there: the
-    socket file of a killed daemon stays, and a subscription never notices. Gone: DaemonUnreachable."""
+PULSE_S = 5.0
 
-    EVERY_S = 5.0
 
-    def __init__(self, client: Client):
-        self.client = client
-        self.asked = time.monotonic()
-
-    def idle(self) -> None:
-        if time.monotonic() - self.asked >= self.EVERY_S:
+def follow(client: Client, sub: Any) -> Iterator[Any]:
+    """Every message of a subscription, until Ctrl-C. With nothing to yield, it asks the daemon every
+    PULSE_S whether it is still there (the socket file of a killed daemon stays, and a subscription
+    never notices): gone, DaemonUnreachable ends the follow."""
+    asked = time.monotonic()
+    while True:
+        message = client.next_event(sub, 1.0)
+        if message is not None:
+            yield message
+        elif time.monotonic() - asked >= PULSE_S:
             try:
-                self.client.call(CONTROL_TARGET, ControlOp.LOGS.value, {"n": 0}, timeout=5.0)
+                client.call(CONTROL_TARGET, ControlOp.LOGS.value, {"n": 0}, timeout=5.0)
             except RemoteError:
                 pass  # any answer (shutting_down, while its agents stop) means it is there
-            self.asked = time.monotonic()
+            asked = time.monotonic()
 
 
 def events(client: Client, args: argparse.Namespace) -> int:
@@ -280,12 +276,7 @@ def events(client: Client, args: argparse.Namespace) -> int:
     sub = client.subscribe(protocol.EVENT_TOPIC)
     try:
         client.check()
-        pulse = Pulse(client)
-        while True:
-            event = client.next_event(sub, 1.0)
-            if event is None:
-                pulse.idle()
-                continue
+        for event in follow(client, sub):
             if args.agents and not any(p == "all" or fnmatch.fnmatchcase(event["agent"], p) for p in args.agents):
                 continue
             _print(json.dumps(event) if args.json else f"{_timestamp(event['time'])} {event_text(event)}")
@@ -311,8 +302,11 @@ def run(args: argparse.Namespace) -> int:
             return status_code(status, bool(args.agents))
         if args.command == "reload":
             profile = args.profile
-            if profile is not None and (os.sep in profile or Path(profile).suffix in (".yaml", ".yml")):
-                profile = os.path.abspath(profile)  # the daemon's working directory is not ours
+            if profile is not None:
+                from sunsetd.profile import is_profile_path  # only then: it imports the YAML parser
+
+                if is_profile_path(profile):
+                    profile = os.path.abspath(profile)  # the daemon's working directory is not ours
             result = reload(client, args.timeout, profile, args.dry_run)
             _print(json.dumps(result) if args.json else format_reload(result))
             return EXIT_ERROR_REPLY if result.get("rolled_back") else EXIT_OK
