@@ -56,6 +56,10 @@ def select(patterns: list[str], names: list[str]) -> list[str] | str:
     return [n for n in names if n in chosen]
 
 
+def _whole(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
 def signal_number(value: Any) -> int | None:
     """A signal by name (HUP, SIGHUP, hup) or number; None if it is not one."""
     if isinstance(value, bool):
@@ -183,8 +187,7 @@ class Controller:
             if names is None:
                 return
         incarnation, n, after = body.get("incarnation"), body.get("n"), body.get("after") or {}
-        if not (incarnation is None or (isinstance(incarnation, int) and not isinstance(incarnation, bool))) \
-                or not (n is None or (isinstance(n, int) and not isinstance(n, bool) and n >= 0)) \
+        if not (incarnation is None or _whole(incarnation)) or not (n is None or (_whole(n) and n >= 0)) \
                 or not (isinstance(after, dict) and all(isinstance(v, int) for v in after.values())):
             self.router.fail(p, ErrorCode.BAD_REQUEST, "logs body: incarnation and n must be integers (n >= 0), "
                                                        "after a map of agent to line number")
@@ -194,7 +197,7 @@ class Controller:
         shown = names if names is not None else list(dict.fromkeys(self._live() + buffered))
         # `last`: where a follower's live lines take over from these (sunsetctl logs -f)
         self.router.answer(p, {"lines": [list(line) for line in lines], "agents": shown,
-                               "last": {n: self.agent_logs.last_seq(n) for n in shown}})
+                               "last": {a: self.agent_logs.last_seq(a) for a in shown}})
 
     def handle_reload(self, p: Pending) -> None:
         """Answered once the new profile is checked and applied: what changed, and how long the changed
