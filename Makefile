@@ -23,7 +23,13 @@ LINKS = $(BINDIR)/sunsetd $(BINDIR)/sunsetctl $(BASHCOMPDIR)/sunsetd $(BASHCOMPD
 # Metrics ports of the template's instances (the core service uses 9464).
 INSTANCE_PORTS := vision:9465 tutoring:9466 learning:9467 full:9468
 
-.PHONY: run test lint clean bench install uninstall compile chaos
+# A real MCP server from npm for the tests (run with node), in an ignored folder of the checkout; where
+# npm is missing those tests are skipped, saying so in one line.
+NODE_DIR := .node
+NODE_STAMP := $(NODE_DIR)/.installed
+NODE_PACKAGES := @modelcontextprotocol/server-memory@2026.8.31
+
+.PHONY: run test lint clean bench install uninstall compile chaos node-tools
 
 $(STAMP): setup.cfg setup.py pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,7 +46,14 @@ run: compile
 	@echo 'sunsetd and sunsetctl by name (in another terminal too): export PATH="$(abspath $(BIN)):$$PATH"'
 	$(BIN)/sunsetd --profile $(PROFILE)
 
-test: compile
+$(NODE_STAMP): Makefile
+	@if command -v npm >/dev/null 2>&1; then \
+		npm install --silent --no-audit --no-fund --prefix $(NODE_DIR) $(NODE_PACKAGES) && touch $@; \
+	else echo "npm not found: the tests of Node MCP servers will be skipped"; fi
+
+node-tools: $(NODE_STAMP)
+
+test: compile node-tools
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
@@ -56,7 +69,7 @@ bench: compile
 	$(BIN)/python bench/router.py
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache
+	rm -rf $(VENV) $(NODE_DIR) build dist *.egg-info .pytest_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
 install:

@@ -66,7 +66,17 @@ def agent_reason(a: dict) -> str:
     if a["state"] == "ready" and exit_ and not exit_.get("asked"):
         return (f"last exit: {exit_['description']} after {_duration(exit_['uptime_s'])} "
                 f"(#{exit_['incarnation']}, {_duration(exit_['ago_s'])} ago)")
-    return "" if a["state"] == "ready" else a.get("reason") or ""
+    if a["state"] != "ready":
+        return a.get("reason") or ""
+    # ready and nothing amiss: what the program says of itself, or what vouches for it
+    server = a.get("mcp")
+    if a.get("status_text"):
+        return f"status: {a['status_text']}"
+    if server:
+        return f"MCP {server['server']} {server['version']}"
+    if probe:
+        return f"{probe['kind']} probe ok ({_duration(probe['ago_s'])} ago)"
+    return ""
 
 
 def agent_state(a: dict) -> str:
@@ -80,7 +90,7 @@ def format_status(status: dict) -> str:
     for a in status["agents"]:
         age = a.get("heartbeat_age_ms")
         flags = ",".join(f for f, on in (("essential", a.get("essential")), ("lazy", a.get("lazy")),
-                                         ("program", a.get("program"))) if on) or "-"
+                                         ("mcp" if a.get("protocol") == "mcp" else "program", a.get("program"))) if on) or "-"
         rows.append((a["name"], agent_state(a), str(a["pid"] or "-"), str(a.get("incarnation") or "-"),
                      _duration(a.get("uptime_s")), str(a["restarts"]), _mib(a.get("rss_bytes")),
                      "-" if age is None else f"{age}ms ago", flags, agent_reason(a)))

@@ -28,6 +28,7 @@ from sunsetd.control import Controller
 from sunsetd.events import EventStream
 from sunsetd.forkserver import ForkServer
 from sunsetd.loop import EventLoop
+from sunsetd.mcpchannel import McpChannel
 from sunsetd.metrics import Metrics
 from sunsetd.policy import Transition
 from sunsetd.probes import Prober
@@ -335,7 +336,9 @@ class Daemon:
         self._events_sink = logger.add(self.events.sink, level="INFO", format="{message}")
         self.spawner = self._make_spawner()
         prober = Prober(self.loop, self.timers, self.spawner.spawn_helper)
-        self.supervisor = Supervisor(profile, self.spawner, self.router, self.timers, self.book, self, prober=prober)
+        self.router.mcp = mcp = McpChannel(self.book, self.router.execute)
+        self.supervisor = Supervisor(profile, self.spawner, self.router, self.timers, self.book, self, prober=prober,
+                                     mcp=mcp)
         self.controller = Controller(self.supervisor, self.router, self.book, self, self.agent_logs,
                                      profile_paths=self.access.gid is None)
         self.router.on_control = self.controller.handle

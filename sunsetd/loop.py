@@ -12,6 +12,8 @@ import zmq
 
 from sunsetd.timers import Timers
 
+WRITABLE = zmq.POLLOUT  # watch(..., events=WRITABLE): the poller's own flag, not select's (they differ)
+
 
 class EventLoop:
     def __init__(self, timers: Timers) -> None:
@@ -22,7 +24,7 @@ class EventLoop:
 
     def watch(self, source: object, callback: Callable[[], None], first: bool = False,
               events: int = zmq.POLLIN) -> None:
-        """Call `callback` when `source` is readable (or, with events=POLLOUT, writable: a connect done)."""
+        """Call `callback` when `source` is readable (or, with events=WRITABLE, writable: a connect done, a pipe with room)."""
         self.poller.register(source, events)
         self.callbacks[source] = callback
         if first:

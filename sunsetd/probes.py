@@ -2,7 +2,9 @@
 
 A `Probe` is what a profile's `ready:` or `health:` says: `http: URL` (a 2xx), `tcp: HOST:PORT` (it
 connects), `exec: ARGV` (exits 0), or, for `ready:` only, `log: REGEX` (a line of its stdout or
-stderr), with `interval_ms`, `timeout_ms` and (for `health:`) `failures`.
+stderr) or `notify: true` (sd_notify READY=1 on its own NOTIFY_SOCKET, notify.py; with `watchdog_ms`
+it also gets WATCHDOG_USEC and must send WATCHDOG=1 that often once ready), with `interval_ms`,
+`timeout_ms` and (for `health:`) `failures`.
 
 `Prober` runs one probe at a time per call, on the daemon's event loop and never blocking it: sockets
 are non-blocking and watched by the loop, `exec` probes are children of the spawner like any other, and
@@ -20,19 +22,22 @@ from urllib.parse import urlsplit
 
 import zmq
 
-KINDS = ("http", "tcp", "exec", "log")
+KINDS = ("http", "tcp", "exec", "log", "notify")
 MAX_ANSWER = 4096  # an HTTP probe reads the status line, not the page
 
 
 @dataclass(frozen=True)
 class Probe:
-    kind: str  # http, tcp, exec, log
-    target: Any  # URL, (host, port), argv tuple, or compiled regex pattern text
+    kind: str  # http, tcp, exec, log, notify
+    target: Any  # URL, (host, port), argv tuple, regex pattern text, or True (notify)
     interval_ms: int
     timeout_ms: int
     failures: int = 1
+    watchdog_ms: int | None = None  # notify: WATCHDOG=1 expected this often once ready
 
     def describe(self) -> str:
+        if self.kind == "notify":
+            return "notify" + (f" (watchdog {self.watchdog_ms}ms)" if self.watchdog_ms else "")
         target = " ".join(self.target) if self.kind == "exec" else (
             f"{self.target[0]}:{self.target[1]}" if self.kind == "tcp" else self.target)
         return f"{self.kind} {target}"
@@ -47,10 +52,21 @@ def parse(value: Any, health: bool) -> Probe:
     if len(kinds) != 1 or kinds[0] not in allowed:
         raise ValueError(f"expected exactly one of {', '.join(allowed)}")
     kind = kinds[0]
+    raw = value[kind]
+    if kind == "notify":
+        unknown = set(value) - {kind, "watchdog_ms"}
+        if unknown:
+            raise ValueError(f"unknown field {sorted(unknown)[0]!r} (notify takes watchdog_ms)")
+        if raw is not True:
+            raise ValueError("notify: expected true")
+        watchdog = value.get("watchdog_ms")
+        if watchdog is not None and (isinstance(watchdog, bool) or not isinstance(watchdog, int)
+                                     or not 10 <= watchdog <= 24 * 3600 * 1000):
+            raise ValueError("watchdog_ms: expected an integer from 10 to 86400000")
+        return Probe(kind, True, 0, 0, 1, watchdog)
     unknown = set(value) - {kind, "interval_ms", "timeout_ms", "failures"}
     if unknown or (not health and "failures" in value):
         raise ValueError(f"unknown field {sorted(unknown or {'failures'})[0]!r}")
-    raw = value[kind]
     if kind == "http":
         parts = urlsplit(raw) if isinstance(raw, str) else None
         try:

@@ -172,6 +172,11 @@ def refusal(s: ProcessSettings) -> str | None:
     return None
 
 
+def uid_of(s: ProcessSettings) -> int | None:
+    """The uid its process runs as: its `user`'s, else sunsetd's own (None: a user that is gone)."""
+    return os.getuid() if s.user is None else _uid(s.user)
+
+
 def _show(key: str, value: int) -> str:
     import resource
 

@@ -50,6 +50,8 @@ class AgentSpec:
     name: str
     run: str = ""  # module:Class of a Python agent, or
     command: tuple[str, ...] = ()  # the argv of a program (never run through a shell)
+    protocol: str = ""  # "mcp": a program that is an MCP server on its stdin and stdout, behind the router
+    roots: tuple[str, ...] = ()  # what an MCP server is told when it asks for its client's roots
     stop_signal: int = 15  # what asks it to stop (SIGTERM); SIGKILL after stop_timeout_s
     ready: Probe | None = None  # a program's readiness probe (None: ready once it runs)
     health: Probe | None = None  # a ready program's liveness probe
@@ -254,6 +256,18 @@ def _executable_problem(argv: tuple[str, ...], process: ProcessSettings) -> str 
     return None
 
 
+def _protocol(v: Any) -> str:
+    if v != "mcp":
+        raise ValueError("expected mcp (a program that is an MCP server on its stdin and stdout)")
+    return v
+
+
+def _roots(v: Any) -> tuple[str, ...]:
+    if not isinstance(v, list) or not all(isinstance(r, str) and r and "\0" not in r for r in v):
+        raise ValueError("expected a list of directories or URIs")
+    return tuple(r if "://" in r else os.path.abspath(r) for r in v)
+
+
 def _run(v: Any) -> str:
     if not isinstance(v, str) or not _RUN_RE.match(v):
         raise ValueError("expected 'module:Class'")
@@ -305,6 +319,8 @@ _AGENT_ONLY: dict[str, Callable[[Any], Any]] = {
     "name": _name,
     "run": _run,
     "command": _command,
+    "protocol": _protocol,
+    "roots": _roots,
     "ready": lambda v: probes.parse(v, health=False),
     "health": lambda v: probes.parse(v, health=True),
     "depends_on": _dependencies,
@@ -590,13 +606,25 @@ def _resolve_agent(name: str, raw: _RawAgent, defaults: dict[str, Any], errors: 
             where = raw.origin.get(key, raw.origin["name"])
             errors.append(f"{where}: agent {name!r}: field {key!r}: a Python agent runs as sunsetd's own user "
                           f"(only sunsetd's uid may speak on the agents socket); {key} is for programs")
-    if values.get("command") and own.get("lazy"):
+    mcp = values.get("protocol") == "mcp"
+    if values.get("command") and own.get("lazy") and not mcp:
         errors.append(f"{raw.origin['lazy']}: agent {name!r}: field 'lazy': a program takes no requests, so none "
-                      f"would ever start it (start it with sunsetctl, or make it a dependency)")
+                      f"would ever start it (start it with sunsetctl, or make it a dependency; an MCP server, "
+                      f"protocol: mcp, takes them)")
+    for key in ("protocol", "roots"):
+        if key in own and values.get("run"):
+            errors.append(f"{raw.origin[key]}: agent {name!r}: field {key!r}: for a program (command:); a Python "
+                          f"agent speaks sunsetd's own protocol")
+    if "roots" in own and values.get("command") and not mcp:
+        errors.append(f"{raw.origin['roots']}: agent {name!r}: field 'roots': only an MCP server (protocol: mcp) "
+                      f"asks for roots")
     for key in ("ready", "health"):
         if values.get(key) is not None and values.get("run"):
             errors.append(f"{raw.origin[key]}: agent {name!r}: field {key!r}: probes are for programs (a Python "
                           f"agent says READY itself, and heartbeats)")
+        elif values.get(key) is not None and mcp:
+            errors.append(f"{raw.origin[key]}: agent {name!r}: field {key!r}: an MCP server is ready when its "
+                          f"initialize handshake is done, and its liveness is MCP ping (heartbeat_ms, liveness)")
     if values.get("command"):
         problem = _executable_problem(values["command"], values["process"])
         if problem is not None:
@@ -695,7 +723,8 @@ def describe(profile: Profile) -> str:
         lines.append(f"  {profile.description}")
     specs = profile.by_name
     for i, level in enumerate(profile.levels):
-        names = ", ".join(n + (" (lazy)" if specs[n].lazy else "") + (" (program)" if specs[n].command else "")
+        names = ", ".join(n + (" (lazy)" if specs[n].lazy else "") + (
+            " (MCP server)" if specs[n].protocol == "mcp" else " (program)" if specs[n].command else "")
                           for n in level)
         lines.append(f"level {i}: {names}")
     c = profile.counts()

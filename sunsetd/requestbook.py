@@ -4,7 +4,8 @@ Owns the pending requests, each agent's queue and in-flight table, deadlines, th
 whose incarnation died to the next one, and the answers at shutdown. It is fed events (a request was
 accepted, a forward could not be delivered, an agent replied, time passed, an agent's availability
 changed, an incarnation is gone, shutdown) and answers each with decisions: forward this request to
-that incarnation, reply to that one with this code, start this lazy agent, hand this control op over.
+that incarnation, reply to that one with this code, start this lazy agent, hand this control op over,
+tell an incarnation that a request it holds timed out.
 
 It never touches a socket, a process or a clock: the router decodes frames, passes `now` in and carries
 the decisions out. Every path that ends a request goes through `_reply`, which removes it from
@@ -95,7 +96,15 @@ class StartAgent:
     agent: str
 
 
-Decision = Forward | Reply | Control | StartAgent
+@dataclass(frozen=True, slots=True)
+class Cancel:
+    """A request timed out while that incarnation had it: it may stop working on it (it was answered)."""
+
+    request: Pending
+    incarnation: int
+
+
+Decision = Forward | Reply | Control | StartAgent | Cancel
 
 _DEADLINE, _ORPHAN = 0, 1  # what a heap entry is for
 
@@ -289,12 +298,15 @@ class RequestBook:
                     freed[agent.name] = agent
                 continue
             where = "waiting for the daemon" if p.label == CONTROL_TARGET else "queued"
+            cancel = None
             if agent is not None:
                 if agent.inflight.pop(rid, None) is not None:
                     where = "in flight"
                     freed[agent.name] = agent
                     if p.orphaned_until is not None:
                         agent.orphans -= 1
+                    else:
+                        cancel = Cancel(p, p.incarnation)
                 else:
                     try:
                         agent.queue.remove(p)
@@ -303,6 +315,8 @@ class RequestBook:
             out.append(self._reply(p, False, None, ErrorCode.TIMEOUT,
                                    f"no reply from {p.to} within {(p.deadline - p.received_at) * 1000:.0f}ms "
                                    f"(request was {where})"))
+            if cancel is not None:
+                out.append(cancel)
             if agent is not None:
                 self._collect(agent)
         for agent in freed.values():

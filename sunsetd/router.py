@@ -19,7 +19,7 @@ import zmq
 
 from sunsetd import logs, protocol, rundir
 from sunsetd.protocol import ErrorCode, Kind, ProtocolError
-from sunsetd.requestbook import Control, Decision, Forward, Pending, Reply, RequestBook, StartAgent
+from sunsetd.requestbook import Cancel, Control, Decision, Forward, Pending, Reply, RequestBook, StartAgent
 from sunsetd.timers import Timer, Timers
 
 BATCH = 256  # messages read from one socket before the loop looks at the others
@@ -54,6 +54,7 @@ class Router:
         self.on_start: Callable[[str], str | None] = lambda name: "no supervisor"
         self.on_agent_message: Callable[[str, int, Kind, Any], None] = lambda *_: None
         self.on_reply: Callable[[str, str, float], None] | None = None  # (label, code, seconds): metrics
+        self.mcp: Any = None  # the MCP servers' channel (mcpchannel.McpChannel): agents not on the agents socket
         self._deadline: Timer | None = None
         self._wall_offset = time.time() - timers.now()  # agents see wall-clock deadlines
 
@@ -74,6 +75,10 @@ class Router:
                 refusal = self.on_start(d.agent)
                 if refusal is not None:
                     self.execute(self.book.start_refused(d.agent, refusal))
+            elif type(d) is Cancel:
+                # an agent on the agents socket has no cancel frame yet: it finishes, and its reply is late
+                if self.mcp is not None and d.request.to in self.mcp.names:
+                    self.mcp.cancel(d.request, d.incarnation)
         self._arm_deadline()
 
     def answer(self, p: Pending, body: Any) -> None:
@@ -84,6 +89,9 @@ class Router:
 
     def _forward(self, d: Forward) -> None:
         p = d.request
+        if self.mcp is not None and p.to in self.mcp.names:
+            self.execute(self.mcp.forward(p, d.incarnation))
+            return
         frame = protocol.pack({"id": p.rid, "op": p.op, "body": p.body, "deadline": p.deadline + self._wall_offset})
         try:
             self.agents.send_multipart([protocol.routing_id(p.to, d.incarnation), Kind.REQUEST.value, frame],
@@ -99,14 +107,23 @@ class Router:
             code, reply = "ok", protocol.ok_reply(p.client_id, d.body)
         else:
             code, reply = d.code.value, protocol.error_reply(p.client_id, d.code, d.message)
+        try:
+            frame = protocol.pack(reply)
+        except (TypeError, ValueError, OverflowError) as exc:  # an MCP server's JSON that msgpack cannot hold
+            code = ErrorCode.AGENT_ERROR.value
+            frame = protocol.pack(protocol.error_reply(p.client_id, ErrorCode.AGENT_ERROR,
+                                                       f"{p.to}'s answer cannot be encoded: {exc}"))
         self.replies[code] += 1
         if self.on_reply is not None:
             self.on_reply(p.label, code, self.timers.now() - p.received_at)
-        self._send_front(p.envelope, reply)
+        self._send_front_frame(p.envelope, frame)
 
     def _send_front(self, envelope: list[bytes], reply: dict) -> None:
+        self._send_front_frame(envelope, protocol.pack(reply))
+
+    def _send_front_frame(self, envelope: list[bytes], frame: bytes) -> None:
         try:
-            self.front.send_multipart(envelope + [protocol.pack(reply)], flags=NOBLOCK)
+            self.front.send_multipart(envelope + [frame], flags=NOBLOCK)
         except zmq.ZMQError:  # EHOSTUNREACH (client gone) or EAGAIN (client not reading)
             self.counters["undeliverable_replies"] += 1
 

@@ -25,14 +25,18 @@ from typing import Callable, Protocol
 
 import psutil
 
-from sunsetd import logs, procsettings, rundir
+from sunsetd import logs, notify, procsettings, rundir
 from sunsetd.forkserver import SETTINGS_REFUSED, ForkServer, become_subreaper, child_env, die_with_parent
+from sunsetd.loop import WRITABLE
+from sunsetd.notify import NotifySocket
 from sunsetd.procsettings import ProcessSettings
 from sunsetd.profile import AgentSpec
 from sunsetd.protocol import LAUNCH_ENV, Launch, routing_id
 from sunsetd.timers import Timer, Timers
 
 MAX_LINE = 16 * 1024  # a longer line is cut, so one agent cannot make the daemon buffer without bound
+MAX_MESSAGE_LINE = 8 * 1024 * 1024  # but an MCP server's stdout carries its answers, one per line
+MAX_INPUT_BACKLOG = 16 * 1024 * 1024  # written to a child's stdin and not yet taken by it
 SAMPLE_INTERVAL_S = 1.0  # RSS of every child
 SWEEP_INTERVAL_S = 1.0  # orphans left by dead agents
 _PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -60,6 +64,14 @@ class Output:
 
 
 @dataclass(frozen=True, slots=True)
+class Notified:
+    """The program (or a process of its session) sent an sd_notify datagram: READY=1, STATUS=, WATCHDOG=1."""
+
+    handle: "ProcessHandle"
+    fields: dict
+
+
+@dataclass(frozen=True, slots=True)
 class Memory:
     handle: "ProcessHandle"
     rss: int  # bytes
@@ -72,7 +84,7 @@ class Exited:
     description: str
 
 
-ProcessEvent = Started | SpawnFailed | Output | Memory | Exited
+ProcessEvent = Started | SpawnFailed | Output | Notified | Memory | Exited
 Listener = Callable[[ProcessEvent], None]
 
 
@@ -88,6 +100,10 @@ class ProcessHandle(Protocol):
     def resume(self) -> None: ...
     def signal(self, sig: int) -> None: ...  # any signal, to its group (an operator's `sunsetctl signal`)
     def memory(self, fresh: bool = False) -> int | None: ...
+    # its stdin, for a program that speaks a protocol there (MCP); never blocks
+    def write(self, data: bytes) -> bool: ...  # False: its input is closed (stopped reading, or gone)
+    def close_input(self) -> None: ...
+    def input_backlog(self) -> int: ...  # bytes written and not yet taken by the process
 
 
 class Spawner(Protocol):
@@ -96,7 +112,7 @@ class Spawner(Protocol):
 
 
 class FdWatcher(Protocol):
-    def watch(self, fd: int, callback: Callable[[], None]) -> None: ...
+    def watch(self, fd: int, callback: Callable[[], None], events: int = ...) -> None: ...
     def unwatch(self, fd: int) -> None: ...
 
 
@@ -112,8 +128,9 @@ def describe_exit(code: int) -> str:
 class LineReader:
     """Non-blocking reader of one pipe, yielding whole lines (a partial line waits for its newline)."""
 
-    def __init__(self, fd: int):
+    def __init__(self, fd: int, max_line: int = MAX_LINE):
         self.fd = fd
+        self.max_line = max_line
         self.partial = b""
 
     def read(self) -> tuple[list[str], bool]:
@@ -130,19 +147,19 @@ class LineReader:
             return rest, True
         chunks = (self.partial + data).split(b"\n")
         self.partial = chunks.pop()
-        if len(self.partial) > MAX_LINE:
-            chunks.append(self.partial[:MAX_LINE] + b" [line cut]")
+        if len(self.partial) > self.max_line:
+            chunks.append(self.partial[:self.max_line] + b" [line cut]")
             self.partial = b""
         return [c.decode(errors="replace") for c in chunks], False
 
 
-def _pipes() -> tuple[dict[int, tuple[str, LineReader]], list[int]]:
+def _pipes(stdout_line: int = MAX_LINE) -> tuple[dict[int, tuple[str, LineReader]], list[int]]:
     """Non-blocking read ends for stdout and stderr, and the write ends to hand to the child."""
     outputs, write_ends = {}, []
     try:
         for stream in ("stdout", "stderr"):
             r, w = os.pipe2(os.O_CLOEXEC)
-            outputs[r] = (stream, LineReader(r))
+            outputs[r] = (stream, LineReader(r, stdout_line if stream == "stdout" else MAX_LINE))
             write_ends.append(w)
             os.set_blocking(r, False)
     except OSError:  # out of file descriptors: nothing half made stays open
@@ -150,6 +167,54 @@ def _pipes() -> tuple[dict[int, tuple[str, LineReader]], list[int]]:
             os.close(fd)
         raise
     return outputs, write_ends
+
+
+class InputPipe:
+    """The write end of a child's stdin (an MCP server's), never blocking the loop: what the pipe cannot
+    take at once waits here and goes when the loop says the pipe is writable again."""
+
+    def __init__(self, fd: int, fds: FdWatcher):
+        self.fd: int | None = fd
+        self.fds = fds
+        self.backlog = bytearray()
+        self.watched = False
+        os.set_blocking(fd, False)
+
+    def write(self, data: bytes) -> bool:
+        """False once the pipe is closed (by us, or by a child that stopped reading or died)."""
+        if self.fd is None:
+            return False
+        self.backlog += data
+        if not self.watched:
+            self._flush()
+        return self.fd is not None
+
+    def _flush(self) -> None:
+        while self.backlog and self.fd is not None:
+            try:
+                n = os.write(self.fd, self.backlog)
+            except BlockingIOError:
+                if not self.watched:
+                    self.watched = True
+                    self.fds.watch(self.fd, self._flush, events=WRITABLE)
+                return
+            except OSError:  # EPIPE: the child closed its stdin or died; its exit is the news
+                self.close()
+                return
+            del self.backlog[:n]
+        if self.watched and self.fd is not None:
+            self.watched = False
+            self.fds.unwatch(self.fd)
+
+    def close(self) -> None:
+        if self.fd is None:
+            return
+        if self.watched:
+            self.fds.unwatch(self.fd)
+            self.watched = False
+        os.close(self.fd)
+        self.fd = None
+        self.backlog.clear()
 
 
 def rss_of(pid: int) -> int | None:
@@ -187,6 +252,8 @@ class LocalHandle:
         self.announced = False  # Started was delivered
         self.reaped = False
         self.settings = ProcessSettings()  # its environment, user, directory and limits (the spawn's)
+        self.input: InputPipe | None = None  # its stdin, when it speaks a protocol there (MCP)
+        self.notify: NotifySocket | None = None  # its NOTIFY_SOCKET, when its readiness is sd_notify
         self._early_signals: list[int] = []
 
     def __repr__(self) -> str:
@@ -227,6 +294,16 @@ class LocalHandle:
         if fresh and self.pid is not None and not self.reaped:
             self.rss = rss_of(self.pid)
         return self.rss
+
+    def write(self, data: bytes) -> bool:
+        return self.input is not None and self.input.write(data)
+
+    def close_input(self) -> None:
+        if self.input is not None:
+            self.input.close()
+
+    def input_backlog(self) -> int:
+        return len(self.input.backlog) if self.input is not None else 0
 
 
 class LocalSpawner:
@@ -270,7 +347,18 @@ class LocalSpawner:
             self.timers.call_soon(lambda: self._failed(handle, refused))
             return handle
         if spec.command:  # a program: exec'd as it is, whatever the spawner (the zygote forks Python agents)
-            self._exec(handle, list(spec.command), {**self.env, **spec.process.environment()}, spec.process)
+            env = {**self.env, **spec.process.environment()}
+            if spec.ready is not None and spec.ready.kind == "notify":
+                try:
+                    handle.notify = NotifySocket()
+                except OSError as exc:
+                    error = f"cannot make its NOTIFY_SOCKET: {exc.strerror or exc}"
+                    self.timers.call_soon(lambda: self._failed(handle, error))
+                    return handle
+                env["NOTIFY_SOCKET"] = handle.notify.address
+                if spec.ready.watchdog_ms:
+                    env["WATCHDOG_USEC"] = str(spec.ready.watchdog_ms * 1000)
+            self._exec(handle, list(spec.command), env, spec.process, speaks_on_stdio=spec.protocol == "mcp")
         else:
             self._start_agent(handle, self.launch(spec, incarnation))
         return handle
@@ -302,10 +390,19 @@ class LocalSpawner:
                    env, handle.settings)
 
     def _exec(self, handle: LocalHandle, argv: list[str], env: dict,
-              settings: ProcessSettings = ProcessSettings()) -> None:
-        """Never raises: a process that cannot be made is a SpawnFailed event, like any other news."""
+              settings: ProcessSettings = ProcessSettings(), speaks_on_stdio: bool = False) -> None:
+        """Never raises: a process that cannot be made is a SpawnFailed event, like any other news.
+        One that `speaks_on_stdio` gets a pipe for its stdin, and its stdout lines may be long."""
+        in_r = in_w = None
         try:
-            outputs, (out_w, err_w) = _pipes()
+            outputs, (out_w, err_w) = _pipes(MAX_MESSAGE_LINE if speaks_on_stdio else MAX_LINE)
+            if speaks_on_stdio:
+                try:
+                    in_r, in_w = os.pipe2(os.O_CLOEXEC)
+                except OSError:
+                    for fd in list(outputs) + [out_w, err_w]:
+                        os.close(fd)
+                    raise
         except OSError as exc:
             error = f"cannot make its output pipes: {exc.strerror or exc}"
             self.timers.call_soon(lambda: self._failed(handle, error))
@@ -318,11 +415,12 @@ class LocalSpawner:
 
         try:
             popen = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=out_w, stderr=err_w, env=env, close_fds=True,
+                argv, stdin=subprocess.DEVNULL if in_r is None else in_r, stdout=out_w, stderr=err_w, env=env,
+                close_fds=True,
                 start_new_session=True,  # its own session and process group: signals reach all of it, never us
                 preexec_fn=in_child)
         except (OSError, subprocess.SubprocessError) as exc:
-            for fd in outputs:
+            for fd in list(outputs) + ([in_w] if in_w is not None else []):
                 os.close(fd)
             error = f"{argv[0]}: {exc.strerror or exc}" if isinstance(exc, OSError) else \
                 f"its process settings were refused in the child ({exc})"
@@ -331,6 +429,10 @@ class LocalSpawner:
         finally:
             os.close(out_w)  # the child holds its own copies
             os.close(err_w)
+            if in_r is not None:
+                os.close(in_r)
+        if in_w is not None:
+            handle.input = InputPipe(in_w, self.fds)
         self._started(handle, popen.pid, outputs, popen)
         self.timers.call_soon(lambda: self._announce(handle))  # never inside spawn(): the caller is mid-step
 
@@ -346,6 +448,8 @@ class LocalSpawner:
         self.handles[pid] = handle
         for fd in list(outputs):
             self.fds.watch(fd, lambda fd=fd: self._on_output(handle, fd))
+        if handle.notify is not None:
+            self.fds.watch(handle.notify.fileno(), lambda: self._on_notify(handle))
         if handle.pidfd is not None:
             self.fds.watch(handle.pidfd, lambda: self._on_exit(handle))
         else:
@@ -361,7 +465,31 @@ class LocalSpawner:
 
     def _failed(self, handle: LocalHandle, error: str) -> None:
         handle.reaped = True
+        self._close_notify(handle)
         handle.listener(SpawnFailed(handle, error))
+
+    def _on_notify(self, handle: LocalHandle) -> None:
+        sock = handle.notify
+        if sock is None:
+            return
+        uid = procsettings.uid_of(handle.settings)
+        for datagram in sock.receive():
+            mine = notify.believed(datagram.pid, datagram.uid, handle.pid, uid if uid is not None else -1)
+            datagram.close_fds()  # a barrier's: answered (whoever sent it), and nothing of theirs is kept
+            if mine:
+                handle.listener(Notified(handle, datagram.fields))
+            else:
+                sock.dropped += 1
+                n = sock.dropped
+                if n & (n - 1) == 0:
+                    logs.event(handle.name, "notify", f"dropped a notification from pid {datagram.pid} uid "
+                               f"{datagram.uid}: not of the program's session", "WARNING", count=n)
+
+    def _close_notify(self, handle: LocalHandle) -> None:
+        if handle.notify is not None:
+            self.fds.unwatch(handle.notify.fileno())
+            handle.notify.close()
+            handle.notify = None
 
     # ---- what children do
     def _on_output(self, handle: LocalHandle, fd: int) -> None:
@@ -390,6 +518,7 @@ class LocalSpawner:
         # Until reaped, the zombie leader keeps the process-group id reserved, so this cannot hit an
         # unrelated group: what the agent started dies with it.
         handle.signal(signal.SIGKILL)
+        handle.close_input()
         code = self._reap(handle)
         handle.reaped = True
         self.handles.pop(handle.pid, None)
@@ -398,6 +527,7 @@ class LocalSpawner:
                 if fd not in handle.outputs or not _readable(fd):
                     break
                 self._on_output(handle, fd)
+        self._close_notify(handle)
         handle.listener(Exited(handle, code, describe_exit(code)))
 
     def _reap(self, handle: LocalHandle) -> int:

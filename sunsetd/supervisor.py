@@ -25,7 +25,8 @@ from sunsetd.protocol import ErrorCode, Kind
 from sunsetd.reload import (ReloadOutcome, ReloadPlan, RollBack, Settled, SettleWatch, dependency_cycle,
                             settle_budget_s)
 from sunsetd.requestbook import Availability, AgentView
-from sunsetd.spawner import Exited, Memory, Output, ProcessEvent, ProcessHandle, Spawner, SpawnFailed, Started
+from sunsetd.spawner import (Exited, Memory, Notified, Output, ProcessEvent, ProcessHandle, Spawner, SpawnFailed,
+                             Started)
 from sunsetd.timers import Timer, Timers
 
 IDLE_CHECK_INTERVAL_S = 1.0  # lazy agents idle too long are stopped on this beat
@@ -33,6 +34,7 @@ LAZY_START = "first request"  # the reason given when a request starts a lazy ag
 LAST_REPLIES_CLEAN_S = 0.1  # a clean exit's last replies may still be in libzmq's buffers this long
 LAST_REPLIES_CRASH_S = 0.002  # and a crash's: what it wrote before dying is read within a loop round
 RECHECK_S = 0.01  # a heartbeat verdict deferred while the loop has unread messages
+MCP_STDIN_GRACE_S = 1.0  # an MCP server whose stdin was closed gets this long to exit before its stop signal
 
 
 def _signal_name(signum: int) -> str:
@@ -54,6 +56,20 @@ class ProbeRunner(Protocol):
     """Runs a program's probe off the supervisor (sockets, children); `done(ok, what)` once; returns cancel."""
 
     def run(self, probe: Probe, done: Callable[[bool, str], None]) -> Callable[[], None]: ...
+
+
+class McpLinks(AgentChannel, Protocol):
+    """The channel of agents that are MCP servers (mcpchannel.McpChannel): it speaks MCP over their stdio,
+    and tells the supervisor of their handshake (HELLO, READY) and liveness (HEARTBEAT) like any agent."""
+
+    owner: Any
+
+    def attach(self, handle: ProcessHandle, roots: tuple[str, ...]) -> None: ...
+    def forget(self, name: str) -> None: ...
+    def opened(self, handle: ProcessHandle) -> None: ...
+    def line(self, handle: ProcessHandle, text: str) -> None: ...
+    def detach(self, handle: ProcessHandle) -> None: ...
+    def describe(self, name: str) -> dict | None: ...
 
 
 class RequestView(Protocol):
@@ -96,9 +112,14 @@ class AgentSlot:
     probe_timer: Timer | None = None  # the next probe
     probe_failures: int = 0  # health probes failed in a row
     last_probe: dict | None = None  # for status: kind, ok, what, when
+    status_text: str | None = None  # a notify program's last STATUS=
+    watchdog_s: float | None = None  # a notify program's watchdog (WATCHDOG_USEC), once ready
+    watchdog_at: float = 0.0  # its last WATCHDOG=1
+    watchdog_timer: Timer | None = None
     last_exit: "LastExit | None" = None
     deadline_timer: Timer | None = None
     heartbeat_timer: Timer | None = None
+    stop_signal_timer: Timer | None = None  # an MCP server's stop signal, a moment after its stdin closed
     reload_watch: SettleWatch | None = None
     reload_timer: Timer | None = None
     dependencies: list["AgentSlot"] = field(default_factory=list)
@@ -120,9 +141,12 @@ class AgentSlot:
 class Supervisor:
     def __init__(self, profile: Profile, spawner: Spawner, channel: AgentChannel, timers: Timers,
                  requests: RequestView, listener: Listener, rng: random.Random | None = None,
-                 prober: ProbeRunner | None = None):
+                 prober: ProbeRunner | None = None, mcp: "McpLinks | None" = None):
         self.profile = profile
         self.prober = prober
+        self.mcp = mcp  # the MCP servers' channel: their handshake, pings and stdout
+        if mcp is not None:
+            mcp.owner = self
         self.spawner = spawner
         self.channel = channel
         self.timers = timers
@@ -178,6 +202,7 @@ class Supervisor:
             if not slot.spec.lazy:
                 self._want(slot)
         self._idle_timer = self.timers.call_later(IDLE_CHECK_INTERVAL_S, self._idle_check)
+        self._check_all_ready()  # a profile with no essential agent (all lazy) is ready at once
 
     def _want(self, slot: AgentSlot) -> None:
         """Mean `slot` to run, with everything it depends on; each starts once its dependencies are ready."""
@@ -408,6 +433,8 @@ class Supervisor:
             if slot.removed and self.slots.get(slot.name) is slot:
                 del self.slots[slot.name]
                 self._views.pop(slot.name, None)
+                if self.mcp is not None:
+                    self.mcp.forget(slot.name)
                 self.listener.agent_view(slot.name, None)
                 self._wire_dependencies()
             for dep in slot.dependencies:
@@ -438,9 +465,15 @@ class Supervisor:
         incarnation = self.incarnations[slot.name] = self.incarnation(slot.name) + 1
         slot.spawned_with = slot.spec
         slot.hello = False
+        slot.status_text = slot.watchdog_s = None
         slot.last_heard = self.timers.now()
         try:
             slot.handle = self.spawner.spawn(slot.spec, incarnation, self._on_process_event)
+            if self.mcp is not None:
+                if slot.spec.protocol == "mcp":
+                    self.mcp.attach(slot.handle, slot.spec.roots)
+                else:
+                    self.mcp.forget(slot.name)
         except OSError as exc:  # spawners report failures as events; this is the belt to those braces
             error = str(exc)
             logs.event(slot.name, "spawn", f"failed: {error}", "ERROR", incarnation=incarnation)
@@ -453,13 +486,31 @@ class Supervisor:
             return
         if slot.hello:
             grace_ms = int(slot.spec.stop_timeout_s * 800)  # leave the agent a margin before our SIGKILL
-            self.channel.send(slot.name, handle.incarnation, Kind.STOP, {"grace_ms": grace_ms})
+            self._channel(slot).send(slot.name, handle.incarnation, Kind.STOP, {"grace_ms": grace_ms})
+            if slot.spec.protocol == "mcp":
+                # MCP's own way to stop a stdio server: its stdin closed (the STOP above), and the stop
+                # signal only if it has not exited within a moment of that
+                handle.resume()  # a frozen one must run to see the end of its input
+                self.timers.cancel(slot.stop_signal_timer)
+                slot.stop_signal_timer = self.timers.call_later(
+                    min(MCP_STDIN_GRACE_S, slot.spec.stop_timeout_s / 2), lambda: self._stop_signal(slot, handle))
+                return
+        self._stop_signal(slot, handle)
+
+    def _stop_signal(self, slot: AgentSlot, handle: ProcessHandle) -> None:
+        slot.stop_signal_timer = None
+        if slot.handle is not handle:
+            return  # it exited meanwhile
         stop_signal = slot.spawned_with.stop_signal if slot.spawned_with else slot.spec.stop_signal
         if stop_signal == signal.SIGTERM:
             handle.terminate()
         else:  # a program's own way to be asked (SIGINT, SIGQUIT, ...), and SIGCONT so a frozen one obeys
             handle.signal(stop_signal)
             handle.resume()
+
+    def _channel(self, slot: AgentSlot) -> AgentChannel:
+        """How the supervisor speaks to this agent: the agents socket, or an MCP server's stdio."""
+        return self.mcp if self.mcp is not None and slot.spec.protocol == "mcp" else self.channel
 
     def _publish(self, slot: AgentSlot) -> None:
         """Tell the request book what it must know of this agent, when that changed."""
@@ -473,7 +524,7 @@ class Supervisor:
     def _view(self, slot: AgentSlot) -> AgentView:
         spec, lc = slot.spec, slot.lifecycle
         limits = {"max_inflight": spec.max_inflight, "max_queue": spec.max_queue}
-        if spec.command:  # a program speaks no protocol of ours: nothing is ever queued for it
+        if spec.command and spec.protocol != "mcp":  # it speaks no protocol we know: nothing is queued for it
             return AgentView(Availability.DOWN, code=ErrorCode.BAD_REQUEST, **limits,
                              message=f"{slot.name} is a program (command:): it takes no requests")
         if lc.state is State.READY and slot.handle is not None:
@@ -494,6 +545,9 @@ class Supervisor:
         slot = self.slots.get(handle.name)
         current = slot is not None and slot.handle is handle
         if isinstance(event, Output):
+            if event.stream == "stdout" and self.mcp is not None and handle.name in self.mcp.names:
+                self.mcp.line(handle, event.line)  # its protocol, not its logs
+                return
             logs.agent_output(handle.name, event.stream, event.line, handle.incarnation, handle.pid)
             ready = slot.spec.ready if current else None
             if ready is not None and ready.kind == "log" and slot.state is State.STARTING \
@@ -505,18 +559,24 @@ class Supervisor:
             return  # an older incarnation's late news
         elif isinstance(event, Started):
             logs.event(slot.name, "spawn", incarnation=handle.incarnation, pid=handle.pid)
-            if slot.spec.command:
+            if slot.spec.protocol == "mcp" and self.mcp is not None:
+                self.mcp.opened(handle)  # ready when its handshake is done
+            elif slot.spec.command:
                 ready = slot.spec.ready
                 if ready is None:  # no probe: ready once it runs
                     self._apply(slot, slot.lifecycle.ready(self.timers.now()))
-                elif ready.kind != "log":  # a log probe waits for its line
+                elif ready.kind not in ("log", "notify"):  # those wait for its line, or its READY=1
                     self._probe(slot, handle, ready)
+        elif isinstance(event, Notified):
+            self._on_notified(slot, handle, event.fields)
         elif isinstance(event, Memory):
             over = health.memory_verdict(event.rss, slot.spec.max_rss_mb)
             if over is not None and slot.state is State.READY:
                 self._unhealthy(slot, over)
         elif isinstance(event, SpawnFailed):
             logs.event(slot.name, "spawn", f"failed: {event.error}", "ERROR", incarnation=handle.incarnation)
+            if self.mcp is not None:
+                self.mcp.detach(handle)
             slot.handle = None
             asked = slot.state is State.STOPPING
             actions = slot.lifecycle.spawn_failed(self.timers.now(), event.error)
@@ -529,6 +589,10 @@ class Supervisor:
     def _on_exited(self, slot: AgentSlot, handle: ProcessHandle, event: Exited) -> None:
         now = self.timers.now()
         self._stop_probing(slot)
+        if self.mcp is not None:
+            self.mcp.detach(handle)
+        self.timers.cancel(slot.stop_signal_timer)
+        slot.stop_signal_timer = None
         slot.handle = None
         slot.hello = False
         self.timers.cancel(slot.heartbeat_timer)
@@ -571,6 +635,14 @@ class Supervisor:
         elif kind is Kind.READY:
             self._apply(slot, slot.lifecycle.ready(now))
 
+    def on_agent_broken(self, name: str, incarnation: int, reason: str) -> None:
+        """That incarnation cannot serve (an MCP server refused the handshake): the hung path restarts it."""
+        slot = self.slots.get(name)
+        if slot is not None and slot.handle is not None and slot.handle.incarnation == incarnation \
+                and slot.state in (State.STARTING, State.READY):
+            logs.event(name, "mcp", reason, "ERROR", incarnation=incarnation)
+            self._unhealthy(slot, reason)
+
     # ---- a program's probes (the prober runs them; here is what their results mean)
     def _probe(self, slot: AgentSlot, handle: ProcessHandle, probe: Probe) -> None:
         """Run `probe` for this incarnation: a ready probe until it passes (the start timeout bounds it),
@@ -612,6 +684,59 @@ class Supervisor:
         self.timers.cancel(slot.probe_timer)
         slot.probe_timer = None
         slot.probe_failures = 0
+        self.timers.cancel(slot.watchdog_timer)
+        slot.watchdog_timer = None
+
+    # ---- a notify program's sd_notify (the spawner checked who sent it)
+    def _on_notified(self, slot: AgentSlot, handle: ProcessHandle, fields: dict) -> None:
+        now = self.timers.now()
+        if "STATUS" in fields:
+            slot.status_text = fields["STATUS"][:500]
+        for key in ("STOPPING", "RELOADING", "ERRNO", "MAINPID", "EXTEND_TIMEOUT_USEC"):
+            if key in fields:
+                logs.event(slot.name, "notify", f"{key}={fields[key][:100]}", incarnation=handle.incarnation)
+        if "WATCHDOG_USEC" in fields:  # the program changes its own watchdog, as systemd allows
+            try:
+                usec = int(fields["WATCHDOG_USEC"])
+            except ValueError:
+                usec = -1
+            if usec >= 0:
+                slot.watchdog_s = usec / 1e6 or None
+                slot.watchdog_at = now
+                self._arm_watchdog(slot, handle)
+        watchdog = fields.get("WATCHDOG")
+        if watchdog == "1":
+            slot.watchdog_at = now
+        elif watchdog == "trigger" and slot.state is State.READY:
+            self._unhealthy(slot, "watchdog triggered by the program (WATCHDOG=trigger)")
+            return
+        ready = slot.spec.ready
+        if fields.get("READY") == "1" and ready is not None and ready.kind == "notify" \
+                and slot.state is State.STARTING:
+            slot.last_probe = {"kind": "ready", "ok": True, "what": "notify READY=1", "at": now}
+            slot.watchdog_at = now
+            if slot.watchdog_s is None and ready.watchdog_ms:
+                slot.watchdog_s = ready.watchdog_ms / 1000
+            self._apply(slot, slot.lifecycle.ready(now))
+            self._arm_watchdog(slot, handle)
+
+    def _arm_watchdog(self, slot: AgentSlot, handle: ProcessHandle) -> None:
+        self.timers.cancel(slot.watchdog_timer)
+        slot.watchdog_timer = None
+        if slot.watchdog_s is not None and slot.state is State.READY and slot.handle is handle:
+            slot.watchdog_timer = self.timers.call_at(slot.watchdog_at + slot.watchdog_s,
+                                                      lambda: self._watchdog(slot, handle))
+
+    def _watchdog(self, slot: AgentSlot, handle: ProcessHandle) -> None:
+        slot.watchdog_timer = None
+        if slot.handle is not handle or slot.state is not State.READY or slot.watchdog_s is None:
+            return
+        silent = self.timers.now() - slot.watchdog_at
+        if silent >= slot.watchdog_s:
+            self._unhealthy(slot, f"watchdog: no WATCHDOG=1 for {silent * 1000:.0f}ms "
+                                  f"(WATCHDOG_USEC={slot.watchdog_s * 1e6:.0f})")
+        else:
+            self._arm_watchdog(slot, handle)
 
     def _schedule_heartbeat(self, slot: AgentSlot, now: float, delay: float | None = None) -> None:
         self.timers.cancel(slot.heartbeat_timer)
@@ -625,8 +750,9 @@ class Supervisor:
         if handle is None or slot.state not in (State.STARTING, State.READY):
             return
         now = self.timers.now()
+        channel = self._channel(slot)
         verdict = health.heartbeat_verdict(now, slot.last_heard, slot.spec.heartbeat_ms, slot.spec.liveness,
-                                           self.channel.unread)
+                                           channel.unread)
         if verdict is health.Heartbeat.HUNG:
             slot.heartbeat_misses += 1
             self._unhealthy(slot, f"hung: no heartbeat for {(now - slot.last_heard) * 1000:.0f}ms")
@@ -634,7 +760,7 @@ class Supervisor:
         if verdict is health.Heartbeat.RECHECK:
             self._schedule_heartbeat(slot, now, RECHECK_S)
             return
-        self.channel.send(slot.name, handle.incarnation, Kind.HEARTBEAT)
+        channel.send(slot.name, handle.incarnation, Kind.HEARTBEAT)
         self._schedule_heartbeat(slot, now)
 
     # ---- lazy agents: idle stop and the memory budget
@@ -706,6 +832,8 @@ class Supervisor:
             slot = self.slots[name]
             if slot.state is State.STOPPED and slot.handle is None:
                 del self.slots[name]  # nothing to stop: gone at once
+                if self.mcp is not None:
+                    self.mcp.forget(name)
             else:
                 self._maybe_stop(slot)
         self._wire_dependencies()
@@ -818,6 +946,9 @@ class Supervisor:
             "essential": slot.spec.essential,
             "lazy": slot.spec.lazy,
             "program": bool(slot.spec.command),
+            "protocol": slot.spec.protocol or None,
+            "status_text": slot.status_text,
+            "mcp": self.mcp.describe(name) if self.mcp is not None and slot.spec.protocol == "mcp" else None,
             "probe": None if slot.last_probe is None else {
                 "kind": slot.last_probe["kind"], "ok": slot.last_probe["ok"], "what": slot.last_probe["what"],
                 "ago_s": round(now - slot.last_probe["at"], 3)},

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sunsetd.protocol import ErrorCode, Request
-from sunsetd.requestbook import (AgentView, Availability, Control, Forward, Reply, RequestBook, StartAgent)
+from sunsetd.requestbook import (AgentView, Availability, Cancel, Control, Forward, Reply, RequestBook, StartAgent)
 
 READY, COMING, ON_DEMAND, DOWN = Availability.READY, Availability.COMING, Availability.ON_DEMAND, Availability.DOWN
 
@@ -130,8 +130,19 @@ def test_deadlines_answer_timeout_saying_where_the_request_was_and_the_queue_mov
     assert timed_out.code is ErrorCode.TIMEOUT and "within 300ms (request was queued)" in timed_out.message
     out = book.expire(0.5)
     assert codes(out) == ["timeout"] and "(request was in flight)" in out[0].message
-    assert type(out[1]) is Forward and out[1].request.client_id == "next"  # its place in flight is free
+    assert type(out[1]) is Cancel and out[1].request is slow and out[1].incarnation == 1  # it may stop work
+    assert type(out[2]) is Forward and out[2].request.client_id == "next"  # its place in flight is free
     assert book.replied("A", 1, slow.rid, True, None) == [] and book.counters["late_replies"] == 1
+
+
+def test_a_timed_out_request_is_cancelled_only_with_the_incarnation_that_holds_it():
+    book = book_with(("A", view(READY, 1)))
+    queued_agent = book_with(("B", view(COMING)))
+    only(book.accept([b"c"], req(cid="lost", timeout_ms=500), 0.0), Forward)
+    assert book.gone("A", 1, "killed by SIGKILL", 0.1, grace_s=1.0) == []  # in its grace when the deadline comes
+    assert not any(type(d) is Cancel for d in book.expire(0.5))  # nobody to tell: that incarnation is gone
+    queued_agent.accept([b"c"], req(to="B", timeout_ms=100), 0.0)
+    assert codes(queued_agent.expire(0.1)) == ["timeout"]  # never sent: nothing to cancel
 
 
 def test_a_control_op_nobody_answers_times_out():
@@ -300,6 +311,7 @@ class Model:
         self.reported: dict[tuple[str, int], int] = {}  # ... until a send fails: the call that told it
         self.full: set[tuple[str, int]] = set()  # its pipe refuses the next send
         self.controls: list[int] = []
+        self.cancels = 0  # timed-out requests the incarnation holding them is told of
         for name, (inflight, queue) in limits.items():
             self.call(self.book.update, name, AgentView(COMING, max_inflight=inflight, max_queue=queue))
 
@@ -315,8 +327,16 @@ class Model:
         return decisions
 
     def execute(self, decisions, made_by: int) -> None:
+        timed_out = set()
         for d in decisions:
             rid = d.request.rid if not isinstance(d, StartAgent) else None
+            if isinstance(d, Cancel):
+                # only right after its timeout, and only to the incarnation that has it and is still there
+                assert rid in timed_out, "a cancel of a request that did not just time out"
+                assert self.latest_forward[rid].incarnation == d.incarnation, "cancelled with another incarnation"
+                assert (d.request.to, d.incarnation) not in self.gone, "cancelled with an incarnation that is gone"
+                self.cancels += 1
+                continue
             if rid is not None:
                 assert rid in self.accepted, "a decision about a request never accepted"
                 assert self.replies[rid] == 0, "a decision about a request already answered"
@@ -324,6 +344,7 @@ class Model:
                 self.replies[rid] += 1
                 if d.code is ErrorCode.TIMEOUT:
                     assert self.now >= d.request.deadline, "timeout before the deadline"
+                    timed_out.add(rid)
             elif isinstance(d, Forward):
                 self.forward(d, made_by)
             elif isinstance(d, Control):

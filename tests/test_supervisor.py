@@ -39,6 +39,12 @@ def test_transition_stopped_to_starting_in_dependency_order():
     assert h.ready_calls == 1 and h.sup.daemon_state() is DaemonState.RUNNING
 
 
+def test_a_profile_of_lazy_agents_only_is_running_at_once():
+    # found with an MCP server as the only (lazy) agent: the daemon stayed "starting" and never said READY=1
+    h = Harness(profile(spec("L", lazy=True, essential=False))).start()
+    assert h.spawner.names() == [] and h.ready_calls == 1 and h.sup.daemon_state() is DaemonState.RUNNING
+
+
 def test_transition_starting_to_ready_then_heartbeats_both_ways():
     h = Harness(profile(spec("A"))).start()
     h.hello("A", ready=False)
