@@ -14,6 +14,7 @@ MCP server answers them too: `ping` by MCP ping ("pong"), `info` from what its h
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -30,6 +31,7 @@ INIT_ID = "sunsetd:initialize"
 PING_ID = "sunsetd:ping:"
 INVALID_REQUEST, METHOD_NOT_FOUND = -32600, -32601
 MAX_NOTICE = 2000  # characters of a notification kept for the logs
+MAX_ID = 256  # a server's request id that we echo back: longer is refused (it would be written back whole)
 _LEVELS = {"debug": "DEBUG", "info": "INFO", "notice": "INFO", "warning": "WARNING", "error": "ERROR",
            "critical": "ERROR", "alert": "ERROR", "emergency": "ERROR"}
 
@@ -118,6 +120,18 @@ def _line(message: dict) -> bytes:
     return text.encode(errors="replace") + b"\n"  # a lone surrogate a server sent us comes back as "?"
 
 
+# an answer's opening as the JSON-RPC libraries write it: {"jsonrpc":"2.0","id":7,"result"... or {"id":7,...
+_ANSWER_HEAD = re.compile(r'\{\s*(?:"jsonrpc"\s*:\s*"2\.0"\s*,\s*)?"id"\s*:\s*(\d{1,18})\s*,\s*"(?:result|error|jsonrpc)"')
+
+
+def _brief(value: Any) -> str:
+    """A decoded value for a log line, bounded in size, whatever its depth."""
+    try:
+        return json.dumps(value, ensure_ascii=False, default=str)[:MAX_NOTICE]
+    except (RecursionError, ValueError):
+        return "(nested too deep to show)"
+
+
 def root_uri(root: str) -> str:
     """A `roots:` entry: a URI as it is, a path as a file:// URI."""
     return root if "://" in root else "file://" + quote(root)
@@ -150,8 +164,8 @@ class Session:
             message["params"] = body
         try:
             return _line(message)
-        except (TypeError, ValueError) as exc:  # bytes, NaN, a non-string key: msgpack has more than JSON
-            raise BadCall(f"the body cannot be sent as JSON: {exc}") from None
+        except (TypeError, ValueError, RecursionError) as exc:  # bytes, NaN, a non-string key, a deep nest
+            raise BadCall(f"the body cannot be sent as JSON: {exc.__class__.__name__}: {str(exc)[:200]}") from None
 
     def cancel(self, rid: int, reason: str) -> bytes:
         return _line({"jsonrpc": "2.0", "method": "notifications/cancelled",
@@ -162,17 +176,33 @@ class Session:
         return _line({"jsonrpc": "2.0", "id": f"{PING_ID}{self.pings}", "method": "ping"})
 
     # ---- a line the server printed
-    def received(self, line: str) -> list[Event]:
+    def received(self, line: str, cut: bool = False) -> list[Event]:
+        """What one line means; `cut`: the reader cut it at its length limit (the rest is lost)."""
         if not line.strip():
             return []
+        if cut:
+            return self._cut(line)
         try:
             message = json.loads(line)
-        except (ValueError, RecursionError) as exc:
+        except (ValueError, RecursionError) as exc:  # a number over Python's 4300 digits is a ValueError
             return [self._garbage(f"not JSON ({exc.__class__.__name__})", line)]
-        if isinstance(message, list):  # a batch (protocol 2025-03-26)
-            return [e for m in message for e in self._message(m, line)] if message else \
-                [self._garbage("an empty batch", line)]
-        return self._message(message, line)
+        try:
+            if isinstance(message, list):  # a batch (protocol 2025-03-26)
+                return [e for m in message for e in self._message(m, line)] if message else \
+                    [self._garbage("an empty batch", line)]
+            return self._message(message, line)
+        except RecursionError:  # nested just under the parser's limit: anything that walks it again fails
+            return [self._garbage("nested too deep", line)]
+
+    def _cut(self, line: str) -> list[Event]:
+        """A line too long to read: when it plainly opens as an answer to a request of ours, that
+        request is answered with the reason at once instead of timing out."""
+        head = _ANSWER_HEAD.match(line)
+        garbage = self._garbage("a line over the length limit, cut", line)
+        if head is None:
+            return [garbage]
+        return [garbage, Answer(int(head.group(1)), False, (0, "the server's answer is longer than sunsetd reads "
+                                                               "(8 MiB on one line)"))]
 
     def _message(self, m: Any, line: str) -> list[Event]:
         if not isinstance(m, dict) or m.get("jsonrpc") != "2.0":
@@ -183,17 +213,17 @@ class Session:
                 return [self._server_request(method, mid, m.get("params"))]
             return [self._notification(method, m.get("params"))]
         if "result" in m or "error" in m:
-            return self._response(mid, m)
+            return self._response(mid, m, line)
         return [self._garbage("neither a request, a notification nor a response", line)]
 
-    def _response(self, mid: Any, m: dict) -> list[Event]:
+    def _response(self, mid: Any, m: dict, line: str) -> list[Event]:
         error = m.get("error")
         if mid == INIT_ID:
             return [self._handshake(m.get("result"), error)]
         if isinstance(mid, str) and mid.startswith(PING_ID):
             return [Pong()]
         if isinstance(mid, bool) or not isinstance(mid, int):
-            return [self._garbage(f"an answer to no request of ours (id {str(mid)[:40]})", json.dumps(m)[:200])]
+            return [self._garbage(f"an answer to no request of ours (id {str(mid)[:40]})", line)]
         if error is None:
             return [Answer(mid, True, m.get("result"))]
         if isinstance(error, dict):
@@ -221,10 +251,10 @@ class Session:
 
     def _server_request(self, method: str, mid: Any, params: Any) -> Event:
         """A request from server to client: ping and (when configured) roots are answered, the rest refused."""
-        if isinstance(mid, bool) or not isinstance(mid, (str, int)):
+        if isinstance(mid, bool) or not isinstance(mid, (str, int)) or isinstance(mid, str) and len(mid) > MAX_ID:
             self._count("refused_requests")
             return ServerRequest(method, True, _line({"jsonrpc": "2.0", "id": None, "error": {
-                "code": INVALID_REQUEST, "message": "a request id is a string or an integer"}}))
+                "code": INVALID_REQUEST, "message": f"a request id is an integer or a string of at most {MAX_ID} characters"}}))
         if method == "ping":
             return ServerRequest(method, False, _line({"jsonrpc": "2.0", "id": mid, "result": {}}))
         if method == "roots/list" and self.roots:
@@ -238,7 +268,7 @@ class Session:
         params = params if isinstance(params, dict) else {}
         if method == "notifications/message":
             data = params.get("data")
-            text = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False, default=str)
+            text = data if isinstance(data, str) else _brief(data)
             logger = params.get("logger")
             level = params.get("level")
             return Notice(_LEVELS.get(level, "INFO") if isinstance(level, str) else "INFO",
@@ -249,7 +279,7 @@ class Session:
             note = params.get("message")
             return Notice("DEBUG", f"progress {done} of {params.get('progressToken')!s:.80}"
                           + (f": {note!s:.500}" if note else ""))
-        detail = f" {json.dumps(params, ensure_ascii=False, default=str)[:500]}" if params else ""
+        detail = f" {_brief(params)[:500]}" if params else ""
         return Notice("INFO" if method.endswith("list_changed") else "DEBUG", method[:100] + detail)
 
     def _garbage(self, why: str, line: str) -> Garbage:

@@ -6,25 +6,30 @@ process (at its spawn), the lines it prints on stdout, and its heartbeats and st
 has one `mcp.Session`, which decides what every line means; this file only carries lines and events:
 
 - the handshake's end is the agent's HELLO and READY, and the supervisor's heartbeat is an MCP ping
-  whose answer (or any line) is the agent's heartbeat, so readiness, liveness and the hung path are the
+  whose answer (or any answer) is the agent's heartbeat, so readiness, liveness and the hung path are the
   ones every agent has;
 - an answer goes to the book as that incarnation's reply (DESIGN §5 holds as for any agent: the book
   answers what a dead server held, retries, and drops late answers);
 - a deadline's cancellation becomes `notifications/cancelled`; a stop closes the server's stdin, as the
   MCP specification asks, before the supervisor's stop signal;
-- notifications go to the agent's logs; what the server asks of its client is answered or refused there;
-  garbage is counted and logged (at the 1st, 2nd, 4th, 8th... line), never more.
+- notifications go to the agent's logs (up to MAX_NOTICES_PER_S); what the server asks of its client
+  is answered or refused there; garbage is counted and logged (at the 1st, 2nd, 4th, 8th... line);
+- what sunsetd writes to a server is bounded (MAX_INPUT_BACKLOG): one that stops reading stops
+  answering pings too, and is restarted as hung.
 """
 from __future__ import annotations
 
 import time
+import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
 from sunsetd import __version__, logs, mcp
 from sunsetd.protocol import ErrorCode, Kind
 from sunsetd.requestbook import Decision, Pending, RequestBook
-from sunsetd.spawner import MAX_INPUT_BACKLOG, ProcessHandle
+from sunsetd.spawner import LINE_CUT, MAX_INPUT_BACKLOG, ProcessHandle
+
+MAX_NOTICES_PER_S = 100  # a server's notifications logged per second; the rest are counted
 
 
 class Owner(Protocol):
@@ -41,6 +46,8 @@ class _Link:
     ready: bool = False
     started_at: float = field(default_factory=time.time)
     client_pings: set[int] = field(default_factory=set)  # book ids of `ping` ops: their {} is "pong"
+    window_at: float = 0.0  # the second its notifications are counted in
+    window_notices: int = 0
 
 
 class McpChannel:
@@ -81,9 +88,20 @@ class McpChannel:
         link = self._link(handle)
         if link is None:
             return
-        for event in link.session.received(text):
-            self._on_event(link, event)
-        if link.ready and self.owner is not None and self._link(handle) is link:
+        cut = text.endswith(LINE_CUT)
+        try:
+            events = link.session.received(text[:-len(LINE_CUT)] if cut else text, cut)
+            alive = False
+            for event in events:
+                # liveness is an answer: a server that prints but no longer reads its stdin is hung
+                alive = alive or type(event) in (mcp.Pong, mcp.Answer)
+                self._on_event(link, event)
+        except Exception:  # a bug of ours must not let one line take the daemon and its agents down
+            link.session.counters["internal_errors"] = link.session.counters.get("internal_errors", 0) + 1
+            logs.event(handle.name, "internal_error", "while reading an MCP line:\n" + traceback.format_exc(),
+                       "ERROR", incarnation=handle.incarnation)
+            return
+        if alive and link.ready and self.owner is not None and self._link(handle) is link:
             self.owner.on_agent_message(handle.name, handle.incarnation, Kind.HEARTBEAT, None)
 
     def send(self, name: str, incarnation: int, kind: Kind, body: Any = None) -> bool:
@@ -92,7 +110,7 @@ class McpChannel:
         if link is None or link.handle.incarnation != incarnation:
             return False
         if kind is Kind.HEARTBEAT:
-            return link.handle.write(link.session.ping())
+            return self._write(link, link.session.ping())
         if kind is Kind.STOP:
             link.handle.close_input()
             return True
@@ -130,7 +148,7 @@ class McpChannel:
         link = self.links.get(p.to)
         if link is not None and link.handle.incarnation == incarnation:
             link.client_pings.discard(p.rid)
-            link.handle.write(link.session.cancel(p.rid, "the request's deadline passed"))
+            self._write(link, link.session.cancel(p.rid, "the request's deadline passed"))
 
     # ---- what a line meant
     def _on_event(self, link: _Link, event: mcp.Event) -> None:
@@ -147,9 +165,18 @@ class McpChannel:
         elif type(event) is mcp.Pong:
             pass  # the line itself is the heartbeat
         elif type(event) is mcp.Notice:
-            logs.event(name, "mcp", event.text, event.level, incarnation=incarnation)
+            now = time.monotonic()
+            if now - link.window_at >= 1.0:
+                link.window_at, link.window_notices = now, 0
+            link.window_notices += 1
+            if link.window_notices <= MAX_NOTICES_PER_S:
+                logs.event(name, "mcp", event.text, event.level, incarnation=incarnation)
+            else:  # a flood of notifications must not become a flood of log lines
+                link.session.counters["notices_dropped"] = link.session.counters.get("notices_dropped", 0) + 1
+                self._throttled(link, "notices_dropped", f"over {MAX_NOTICES_PER_S} notifications a second: "
+                                                          f"not logged")
         elif type(event) is mcp.Initialized:
-            handle.write(event.write)
+            self._write(link, event.write)
             link.ready = True
             server = event.server
             logs.event(name, "mcp", f"server {server.name} {server.version} (MCP {server.protocol}), offers "
@@ -161,11 +188,19 @@ class McpChannel:
             if self.owner is not None:
                 self.owner.on_agent_broken(name, incarnation, event.reason)
         elif type(event) is mcp.ServerRequest:
-            handle.write(event.write)
+            self._write(link, event.write)
             if event.refused:
                 self._throttled(link, "refused_requests", f"refused the server's request {event.method[:100]}")
         elif type(event) is mcp.Garbage:
             self._throttled(link, "garbage_lines", f"not MCP on stdout ({event.why}): {event.line}")
+
+    def _write(self, link: _Link, data: bytes) -> bool:
+        """sunsetd's own lines to the server (pings, cancellations, answers to its requests), within the
+        same bound as requests: a server that does not read its stdin makes it drop them, never grow."""
+        if link.handle.input_backlog() + len(data) > MAX_INPUT_BACKLOG:
+            link.session.counters["writes_dropped"] = link.session.counters.get("writes_dropped", 0) + 1
+            return False
+        return link.handle.write(data)
 
     @staticmethod
     def _throttled(link: _Link, key: str, message: str) -> None:

@@ -14,8 +14,9 @@ script) and of its uid is believed. A datagram from anyone else is dropped and c
 from __future__ import annotations
 
 import array
-import itertools
+import errno
 import os
+import secrets
 import socket
 import struct
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ MAX_DATAGRAM = 4096  # systemd's limit is larger; a notification is a few short 
 MAX_FDS = 8
 _CREDS = struct.Struct("iII")  # struct ucred: pid, uid, gid
 _ANCILLARY = socket.CMSG_SPACE(_CREDS.size) + socket.CMSG_SPACE(MAX_FDS * 4)
-_numbers = itertools.count(1)
+BATCH = 32  # datagrams read per turn of the event loop
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,26 +72,31 @@ class NotifySocket:
     """One program's NOTIFY_SOCKET: bound before the program is exec'd, closed after its exit."""
 
     def __init__(self) -> None:
-        name = f"sunsetd/{os.getpid()}/notify/{next(_numbers)}"
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
-        try:
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
-            self.sock.bind("\0" + name)
-        except OSError:
-            self.sock.close()
-            raise
+        # An abstract name anyone may take first: an unguessable one, so nobody can squat it and make the
+        # program unstartable (a collision is tried again; it would take a stranger's luck)
+        for attempt in range(4):
+            name = f"sunsetd/{os.getpid()}/notify/{secrets.token_hex(8)}"
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
+            try:
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+                self.sock.bind("\0" + name)
+                break
+            except OSError as exc:
+                self.sock.close()
+                if exc.errno != errno.EADDRINUSE or attempt == 3:
+                    raise
         self.address = "@" + name  # as $NOTIFY_SOCKET names an abstract socket
         self.dropped = 0  # datagrams without credentials, or from a stranger
 
     def fileno(self) -> int:
         return self.sock.fileno()
 
-    def receive(self) -> list[Datagram]:
+    def receive(self, most: int = BATCH) -> list[Datagram]:
         """What waits on the socket, never blocking. The caller closes each datagram's descriptors after
         judging its sender: closing a barrier's releases `systemd-notify`, which then exits, and the
         sender's session can no longer be read."""
-        out = []
-        while True:
+        out: list[Datagram] = []
+        for _ in range(most):  # then back to the loop, which calls again while more wait: a flood cannot stall it
             try:
                 data, ancillary, _, _ = self.sock.recvmsg(MAX_DATAGRAM, _ANCILLARY)
             except (BlockingIOError, InterruptedError):
@@ -109,6 +115,7 @@ class NotifySocket:
                 self.dropped += 1
                 continue
             out.append(datagram)
+        return out
 
     def close(self) -> None:
         self.sock.close()

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -170,6 +172,22 @@ def refusal(s: ProcessSettings) -> str | None:
             if wanted == resource.RLIM_INFINITY or (cap is not None and wanted > cap):
                 return f"{key}: {_show(key, value)} is over the kernel's fs.nr_open ({cap})"
     return None
+
+
+# Where `pip install sunsetd[tools]` puts the console scripts of MCP servers from PyPI: the directory of
+# sunsetd's own interpreter (its venv's bin), which a service's PATH does not name.
+OWN_BIN = os.path.dirname(sys.executable)
+
+
+def find_program(program: str, s: ProcessSettings, environ: Mapping[str, str] = os.environ) -> str | None:
+    """The file a program's argv[0] runs: a path as given (relative to its cwd), a bare name on the PATH
+    it will have, else in sunsetd's own bin directory. None when there is none."""
+    if "/" in program:
+        path = program if os.path.isabs(program) else os.path.join(s.cwd or os.getcwd(), program)
+        return path if os.path.isfile(path) else None
+    env = dict(s.env)
+    return shutil.which(program, path=env.get("PATH", environ.get("PATH", os.defpath))) or \
+        shutil.which(program, path=OWN_BIN)
 
 
 def uid_of(s: ProcessSettings) -> int | None:

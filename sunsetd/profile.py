@@ -243,17 +243,13 @@ def _signal(v: Any) -> int:
 
 
 def _executable_problem(argv: tuple[str, ...], process: ProcessSettings) -> str | None:
-    """Whether the program can be run: found on the PATH it will have, and executable."""
+    """Whether the program can be run: found where it will be looked for, and executable."""
     program = argv[0]
-    env = dict(process.env)
-    if "/" in program:
-        path = program if os.path.isabs(program) else os.path.join(process.cwd or os.getcwd(), program)
-        if not os.path.isfile(path):
-            return f"{program!r}: no such file"
-        return None if os.access(path, os.X_OK) else f"{program!r}: not executable"
-    if shutil.which(program, path=env.get("PATH", os.environ.get("PATH", os.defpath))) is None:
-        return f"{program!r} not found on PATH"
-    return None
+    path = procsettings.find_program(program, process)
+    if path is None:
+        return f"{program!r}: no such file" if "/" in program else \
+            f"{program!r} not found on PATH (nor in {procsettings.OWN_BIN})"
+    return None if os.access(path, os.X_OK) else f"{program!r}: not executable"
 
 
 def _protocol(v: Any) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 import traceback
-from collections import Counter
+from collections import Counter, deque
 from pathlib import Path
 from typing import Any, Callable
 
@@ -56,6 +56,8 @@ class Router:
         self.on_reply: Callable[[str, str, float], None] | None = None  # (label, code, seconds): metrics
         self.mcp: Any = None  # the MCP servers' channel (mcpchannel.McpChannel): agents not on the agents socket
         self._deadline: Timer | None = None
+        self._work: deque[Decision] = deque()  # decisions still to carry out (see execute)
+        self._executing = False
         self._wall_offset = time.time() - timers.now()  # agents see wall-clock deadlines
 
     def close(self) -> None:
@@ -64,22 +66,39 @@ class Router:
 
     # ---- carrying out the book's decisions
     def execute(self, decisions: list[Decision]) -> None:
-        for d in decisions:
-            if type(d) is Forward:
-                self._forward(d)
-            elif type(d) is Reply:
-                self._send_reply(d)
-            elif type(d) is Control:
-                self.on_control(d.request)
-            elif type(d) is StartAgent:
-                refusal = self.on_start(d.agent)
-                if refusal is not None:
-                    self.execute(self.book.start_refused(d.agent, refusal))
-            elif type(d) is Cancel:
-                # an agent on the agents socket has no cancel frame yet: it finishes, and its reply is late
-                if self.mcp is not None and d.request.to in self.mcp.names:
-                    self.mcp.cancel(d.request, d.incarnation)
+        """Carry decisions out in order. Carrying one out may produce more (a send that failed goes back to
+        the book, whose answer may forward the next queued request): those wait in a work list drained
+        here, never in a deeper call, so a long queue cannot exhaust the stack."""
+        self._work.extend(decisions)
+        if self._executing:
+            return
+        self._executing = True
+        try:
+            while self._work:
+                d = self._work.popleft()
+                try:
+                    self._carry_out(d)
+                except Exception:  # a bug of ours costs this decision, never the ones after it
+                    self._internal_error("decisions", "a decision of the request book")
+        finally:
+            self._executing = False
         self._arm_deadline()
+
+    def _carry_out(self, d: Decision) -> None:
+        if type(d) is Forward:
+            self._forward(d)
+        elif type(d) is Reply:
+            self._send_reply(d)
+        elif type(d) is Control:
+            self.on_control(d.request)
+        elif type(d) is StartAgent:
+            refusal = self.on_start(d.agent)
+            if refusal is not None:
+                self.execute(self.book.start_refused(d.agent, refusal))
+        elif type(d) is Cancel:
+            # an agent on the agents socket has no cancel frame yet: it finishes, and its reply is late
+            if self.mcp is not None and d.request.to in self.mcp.names:
+                self.mcp.cancel(d.request, d.incarnation)
 
     def answer(self, p: Pending, body: Any) -> None:
         self.execute(self.book.answer(p.rid, body))
@@ -232,9 +251,9 @@ class Router:
         if n & (n - 1) == 0:  # log the 1st, 2nd, 4th, 8th...: a flood of garbage cannot flood the log
             logs.event(logs.DAEMON, "bad_frame", message, "WARNING", socket=where, count=n)
 
-    def _internal_error(self, where: str) -> None:
+    def _internal_error(self, where: str, what: str = "") -> None:
         """Log and count an unexpected exception while handling one message. A request it concerned has
         its deadline in the book already, so it still gets its one reply (`timeout`)."""
         self.counters[f"internal_errors_{where}"] += 1
-        logs.event(logs.DAEMON, "internal_error", f"while handling a frame on the {where} socket:\n"
+        logs.event(logs.DAEMON, "internal_error", f"while handling {what or f'a frame on the {where} socket'}:\n"
                    + traceback.format_exc(), "ERROR")

@@ -37,6 +37,7 @@ from sunsetd.timers import Timer, Timers
 MAX_LINE = 16 * 1024  # a longer line is cut, so one agent cannot make the daemon buffer without bound
 MAX_MESSAGE_LINE = 8 * 1024 * 1024  # but an MCP server's stdout carries its answers, one per line
 MAX_INPUT_BACKLOG = 16 * 1024 * 1024  # written to a child's stdin and not yet taken by it
+LINE_CUT = " [line cut]"  # the end of a line that was longer than its reader takes
 SAMPLE_INTERVAL_S = 1.0  # RSS of every child
 SWEEP_INTERVAL_S = 1.0  # orphans left by dead agents
 _PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -126,12 +127,14 @@ def describe_exit(code: int) -> str:
 
 
 class LineReader:
-    """Non-blocking reader of one pipe, yielding whole lines (a partial line waits for its newline)."""
+    """Non-blocking reader of one pipe, yielding whole lines (a partial line waits for its newline). A line
+    longer than `max_line` is cut: its head is yielded with LINE_CUT at its end, the rest is skipped."""
 
     def __init__(self, fd: int, max_line: int = MAX_LINE):
         self.fd = fd
         self.max_line = max_line
         self.partial = b""
+        self.skipping = False  # inside the rest of a line that was cut
 
     def read(self) -> tuple[list[str], bool]:
         """(lines, eof)."""
@@ -143,13 +146,18 @@ class LineReader:
             data = b""
         if not data:
             rest = [self.partial.decode(errors="replace")] if self.partial else []
-            self.partial = b""
+            self.partial, self.skipping = b"", False
             return rest, True
+        if self.skipping:
+            end = data.find(b"\n")
+            if end < 0:
+                return [], False
+            data, self.skipping = data[end + 1:], False
         chunks = (self.partial + data).split(b"\n")
         self.partial = chunks.pop()
         if len(self.partial) > self.max_line:
-            chunks.append(self.partial[:self.max_line] + b" [line cut]")
-            self.partial = b""
+            chunks.append(self.partial[:self.max_line] + LINE_CUT.encode())
+            self.partial, self.skipping = b"", True
         return [c.decode(errors="replace") for c in chunks], False
 
 
@@ -358,7 +366,10 @@ class LocalSpawner:
                 env["NOTIFY_SOCKET"] = handle.notify.address
                 if spec.ready.watchdog_ms:
                     env["WATCHDOG_USEC"] = str(spec.ready.watchdog_ms * 1000)
-            self._exec(handle, list(spec.command), env, spec.process, speaks_on_stdio=spec.protocol == "mcp")
+            argv = list(spec.command)
+            if "/" not in argv[0]:  # found now as --check found it: on its PATH, else in sunsetd's own bin
+                argv[0] = procsettings.find_program(argv[0], spec.process, env) or argv[0]
+            self._exec(handle, argv, env, spec.process, speaks_on_stdio=spec.protocol == "mcp")
         else:
             self._start_agent(handle, self.launch(spec, incarnation))
         return handle
@@ -472,6 +483,7 @@ class LocalSpawner:
         sock = handle.notify
         if sock is None:
             return
+        self._announce(handle)  # its Started comes before anything it says
         uid = procsettings.uid_of(handle.settings)
         for datagram in sock.receive():
             mine = notify.believed(datagram.pid, datagram.uid, handle.pid, uid if uid is not None else -1)

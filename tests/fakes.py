@@ -57,6 +57,9 @@ class FakeHandle:
         self.signals: list[str] = []
         self.rss: int | None = None
         self.exited = False
+        self.written: list[bytes] = []
+        self.input_closed = False
+        self.unread_input = 0
 
     def __repr__(self) -> str:
         return f"<FakeHandle {self.name}#{self.incarnation}>"
@@ -79,6 +82,19 @@ class FakeHandle:
 
     def memory(self, fresh: bool = False) -> int | None:
         return self.rss
+
+    # its stdin (an MCP server's): what was written, and how much it has not read (set by a test)
+    def write(self, data: bytes) -> bool:
+        if self.input_closed:
+            return False
+        self.written.append(data)
+        return True
+
+    def close_input(self) -> None:
+        self.input_closed = True
+
+    def input_backlog(self) -> int:
+        return self.unread_input
 
     # what the test makes the process do
     def start(self) -> "FakeHandle":

@@ -184,3 +184,124 @@ def test_no_line_a_server_prints_makes_the_session_raise(line):
     events = session.received(line) + session.received(line)  # and again, after whatever the first did
     assert all(type(e) in (mcp.Answer, mcp.Pong, mcp.Notice, mcp.ServerRequest, mcp.Garbage, mcp.Initialized,
                            mcp.HandshakeFailed) for e in events)
+
+
+# ---- found by attacking it: a server's lines and a client's bodies that are deep, long or many ------------
+
+def nested(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+@pytest.mark.parametrize("depth", [900, 950, 990])
+def test_what_parses_but_is_too_deep_to_walk_again_is_garbage_not_a_crash(depth):
+    s = mcp.Session("x")
+    for line in ('{"jsonrpc":"2.0","method":"x","params":{"a":%s}}' % nested(depth),
+                 '{"jsonrpc":"2.0","id":{"a":%s},"result":1}' % nested(depth),
+                 '{"jsonrpc":"2.0","method":"notifications/message","params":{"data":%s}}' % nested(depth)):
+        events = s.received(line)
+        assert all(type(e) in (mcp.Garbage, mcp.Notice) for e in events), events
+
+
+def test_a_body_too_deep_for_json_is_a_bad_call():
+    deep: list = []
+    for _ in range(5000):  # what msgpack may hand over from a client's frame
+        deep = [deep]
+    body = {"a": deep}
+    with pytest.raises(mcp.BadCall) as info:
+        mcp.Session("x").request(1, "tools/call", body)
+    assert "RecursionError" in str(info.value)
+
+
+def test_a_line_cut_at_the_limit_answers_its_request_when_its_opening_says_which():
+    s = mcp.Session("x")
+    events = s.received('{"jsonrpc":"2.0","id":17,"result":{"content":[{"text":"aaaa', cut=True)
+    assert [type(e) for e in events] == [mcp.Garbage, mcp.Answer]
+    assert events[1].rid == 17 and not events[1].ok and "longer than sunsetd reads" in events[1].value[1]
+    assert [type(e) for e in s.received('{"result":{"content":"aaaa', cut=True)] == [mcp.Garbage]  # no id first
+
+
+def test_a_server_request_with_an_id_too_long_to_echo_is_refused_without_it():
+    (asked,) = mcp.Session("x").received(json.dumps({"jsonrpc": "2.0", "id": "i" * 200_000, "method": "roots/list"}))
+    assert asked.refused and len(asked.write) < 300 and lines(asked.write)[0]["id"] is None
+
+
+# ---- the channel, on a fake process and the real request book ------------------------------------------------
+
+from fakes import Clock, FakeSpawner  # noqa: E402
+from sunsetd.mcpchannel import MAX_NOTICES_PER_S, McpChannel  # noqa: E402
+from sunsetd.profile import AgentSpec  # noqa: E402
+from sunsetd.protocol import Kind, Request  # noqa: E402
+from sunsetd.requestbook import AgentView, Availability, Forward, RequestBook  # noqa: E402
+from sunsetd.spawner import MAX_INPUT_BACKLOG  # noqa: E402
+
+
+class Owner:
+    def __init__(self) -> None:
+        self.messages: list[tuple[str, int, Kind]] = []
+        self.broken: list[str] = []
+
+    def on_agent_message(self, name, incarnation, kind, body) -> None:
+        self.messages.append((name, incarnation, kind))
+
+    def on_agent_broken(self, name, incarnation, reason) -> None:
+        self.broken.append(reason)
+
+
+def ready_channel():
+    book = RequestBook()
+    delivered: list = []
+    channel = McpChannel(book, delivered.extend)
+    channel.owner = owner = Owner()
+    handle = FakeSpawner(Clock()).spawn(AgentSpec("srv", command=("srv",), protocol="mcp"), 1, lambda e: None)
+    handle.pid = 4242
+    channel.attach(handle)
+    channel.opened(handle)
+    channel.line(handle, json.dumps({"jsonrpc": "2.0", "id": mcp.INIT_ID, "result": {
+        "protocolVersion": "2025-06-18", "capabilities": {}, "serverInfo": {"name": "s", "version": "1"}}}))
+    assert [k for _, _, k in owner.messages] == [Kind.HELLO, Kind.READY]
+    book.update("srv", AgentView(Availability.READY, 1))
+    return book, channel, owner, handle, delivered
+
+
+def test_only_an_answer_is_a_heartbeat_a_server_that_only_prints_is_not_alive():
+    book, channel, owner, handle, _ = ready_channel()
+    owner.messages.clear()
+    channel.line(handle, '{"jsonrpc":"2.0","method":"notifications/message","params":{"data":"chatter"}}')
+    channel.line(handle, "a banner")
+    assert owner.messages == []
+    assert channel.send("srv", 1, Kind.HEARTBEAT)
+    ping = json.loads(handle.written[-1])
+    channel.line(handle, json.dumps({"jsonrpc": "2.0", "id": ping["id"], "result": {}}))
+    assert owner.messages == [("srv", 1, Kind.HEARTBEAT)]
+
+
+def test_what_sunsetd_writes_to_a_server_that_does_not_read_is_bounded():
+    book, channel, owner, handle, _ = ready_channel()
+    handle.unread_input = MAX_INPUT_BACKLOG  # it stopped reading
+    before = len(handle.written)
+    assert not channel.send("srv", 1, Kind.HEARTBEAT)  # pings dropped: no answer comes, so it is hung
+    for i in range(100):  # its own requests are answered (refused) into the same bound
+        channel.line(handle, json.dumps({"jsonrpc": "2.0", "id": i, "method": "sampling/createMessage"}))
+    assert len(handle.written) == before and channel.links["srv"].session.counters["writes_dropped"] == 101
+    (forward,) = book.accept([b"c"], Request(id=1, to="srv", op="tools/list", body=None, timeout_ms=1000, retry=False), 0.0)
+    assert type(forward) is Forward
+    (reply, *_) = channel.forward(forward.request, 1)
+    assert reply.code.value == "overloaded"
+
+
+def test_a_flood_of_notifications_is_logged_up_to_a_rate_and_counted_beyond(monkeypatch):
+    book, channel, owner, handle, _ = ready_channel()
+    logged = []
+    monkeypatch.setattr("sunsetd.mcpchannel.logs.event", lambda *a, **k: logged.append(a))
+    for i in range(MAX_NOTICES_PER_S + 50):
+        channel.line(handle, json.dumps({"jsonrpc": "2.0", "method": "notifications/message",
+                                         "params": {"level": "info", "data": f"n{i}"}}))
+    notes = [a for a in logged if a[2].startswith("n")]
+    assert len(notes) == MAX_NOTICES_PER_S and channel.links["srv"].session.counters["notices_dropped"] == 50
+
+
+def test_a_bug_while_reading_a_line_is_logged_and_contained(monkeypatch):
+    book, channel, owner, handle, _ = ready_channel()
+    monkeypatch.setattr(channel, "_on_event", lambda link, event: 1 / 0)
+    channel.line(handle, '{"jsonrpc":"2.0","id":3,"result":{}}')  # raises nothing
+    assert channel.links["srv"].session.counters["internal_errors"] == 1

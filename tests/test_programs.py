@@ -3,7 +3,9 @@ fields, the supervisor's handling on fakes, and real programs under a real daemo
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import socket
 import sys
 import time
 from pathlib import Path
@@ -328,3 +330,86 @@ def test_a_lazy_program_is_a_profile_error(tmp_path):
     with pytest.raises(ProfileError) as info:
         load_profile(str(write(tmp_path, "  - {name: P, command: [sleep, 1], lazy: true}\n")))
     assert "field 'lazy': a program takes no requests" in info.value.errors[0]
+
+
+# ---- sd_notify ----------------------------------------------------------------------------------------------
+
+def notify_command(fields: str) -> str:
+    """A shell command that sends `fields` the way programs written for systemd do."""
+    if shutil.which("systemd-notify"):
+        return f"systemd-notify {fields}"
+    sender = ("import os, socket, sys; a = os.environ['NOTIFY_SOCKET']; s = socket.socket(socket.AF_UNIX, "
+              "socket.SOCK_DGRAM); s.sendto('\\n'.join(sys.argv[1:]).encode(), '\\0' + a[1:] if a[0] == '@' else a)")
+    return f"{sys.executable} -c \"{sender}\" {fields.replace('--ready', 'READY=1')}"
+
+
+def test_notify_fields_and_their_errors():
+    p = probes.parse({"notify": True, "watchdog_ms": 500}, health=False)
+    assert (p.kind, p.watchdog_ms) == ("notify", 500) and p.describe() == "notify (watchdog 500ms)"
+    for bad, says in (({"notify": "yes"}, "notify: expected true"), ({"notify": True, "interval_ms": 5}, "unknown field"),
+                      ({"notify": True, "watchdog_ms": 1}, "watchdog_ms: expected an integer")):
+        with pytest.raises(ValueError) as info:
+            probes.parse(bad, health=False)
+        assert says in str(info.value)
+    with pytest.raises(ValueError):
+        probes.parse({"notify": True}, health=True)  # a liveness probe is the watchdog, not a second notify
+
+
+@pytest.mark.slow
+def test_a_shell_program_reports_ready_status_and_watchdog_through_its_notify_socket(start_daemon, tmp_path):
+    beating = tmp_path / "beating.sh"
+    beating.write_text(f"#!/bin/sh\nsleep 0.2\n{notify_command('--ready --status=serving')}\n"
+                       f"while :; do {notify_command('WATCHDOG=1')}; sleep 0.1; done\n")
+    silent = tmp_path / "silent.sh"  # ready, then never pets its watchdog
+    silent.write_text(f"#!/bin/sh\n{notify_command('--ready')}\nexec sleep 600\n")
+    waiting = tmp_path / "waiting.sh"  # never says READY=1 itself
+    waiting.write_text("#!/bin/sh\nexec sleep 600\n")
+    for script_file in (beating, silent, waiting):
+        script_file.chmod(0o755)
+    d = start_daemon(write(tmp_path, f"""
+  - {{name: Beating, command: [{beating}], ready: {{notify: true, watchdog_ms: 1000}}}}
+  - {{name: Silent, command: [{silent}], ready: {{notify: true, watchdog_ms: 300}}, essential: false}}
+  - {{name: Waiting, command: [{waiting}], ready: {{notify: true}}, essential: false, start_timeout_s: 30}}
+"""))
+    beating_now = d.wait_agent("Beating", lambda a: a["state"] == "ready", timeout=15)
+    assert beating_now["status_text"] == "serving" and beating_now["probe"]["what"] == "notify READY=1"
+    # a silent watchdog is a hang: restarted on the same path
+    d.wait_agent("Silent", lambda a: a["restarts"] >= 1, timeout=15)
+    assert "watchdog: no WATCHDOG=1 for" in d.log()
+    # a process outside the program's session cannot make it ready, even with its socket's name
+    waiting_pid = d.agent("Waiting")["pid"]
+    environ = dict(v.split("=", 1) for v in Path(f"/proc/{waiting_pid}/environ").read_text().split("\0") if "=" in v)
+    address = environ["NOTIFY_SOCKET"]
+    assert address.startswith("@sunsetd/") and "WATCHDOG_USEC" not in environ
+    stranger = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    stranger.sendto(b"READY=1", "\0" + address[1:])
+    stranger.close()
+    wait_until(lambda: "agent=Waiting event=notify" in d.log(), 5.0, what="the stranger's datagram dropped")
+    assert d.agent("Waiting")["state"] == "starting"
+    time.sleep(1.5)  # Beating's watchdog (1 s) was petted all along
+    assert d.agent("Beating")["restarts"] == 0 and d.agent("Beating")["incarnation"] == 1
+
+
+def test_a_notify_socket_has_an_unguessable_name_and_a_flood_cannot_hold_the_loop():
+    # found by attacking it: names counted up from 1 could be squatted by any local user (the program then
+    # could not start), and a flood of datagrams was read until none was left, stalling the event loop
+    from sunsetd.notify import BATCH, NotifySocket
+
+    first, second = NotifySocket(), NotifySocket()
+    try:
+        assert first.address != second.address and len(first.address.rsplit("/", 1)[1]) == 16
+        sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK)
+        sent = 0
+        try:
+            while sent < 3 * BATCH:  # as many as the kernel queues (net.unix.max_dgram_qlen, often 10)
+                sender.sendto(f"STATUS={sent}".encode(), "\0" + first.address[1:])
+                sent += 1
+        except BlockingIOError:
+            pass
+        sender.close()
+        most = max(1, sent // 3)
+        got = [len(first.receive(most)) for _ in range(sent // most + 2)]
+        assert max(got) == most and sum(got) == sent and got[-1] == 0
+    finally:
+        first.close()
+        second.close()
