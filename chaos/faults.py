@@ -7,6 +7,7 @@ cheap one-agent status request; probes are ordinary requests and enter the ledge
 """
 from __future__ import annotations
 
+import fnmatch
 import os
 import random
 import signal
@@ -134,8 +135,10 @@ class Chaos:
 
     def __init__(self, runtime_dir: Path, ledger: Ledger, rng: random.Random, sla_ms: dict[str, float],
                  daemon: DaemonUnderTest | None, arm_file: Path | None, clients: int, rate: float,
-                 timeout_s: float, context: zmq.Context, say: Callable[[str], None]):
+                 timeout_s: float, context: zmq.Context, say: Callable[[str], None],
+                 victims: tuple[str, ...] = ("*",)):
         self.runtime_dir = runtime_dir
+        self.victims = victims  # glob patterns of the agents kill and freeze may choose
         self.ledger = ledger
         self.rng = rng
         self.sla_ms = sla_ms
@@ -196,7 +199,8 @@ class Chaos:
             time.sleep(max(0.05, oldest + 60.0 - now))
 
     def eligible(self, agents: list[dict]) -> list[dict]:
-        return self.wait_for(lambda: [a for a in agents if self.may_kill(a["name"])])
+        chosen = [a for a in agents if any(fnmatch.fnmatchcase(a["name"], v) for v in self.victims)]
+        return self.wait_for(lambda: [a for a in chosen if self.may_kill(a["name"])])
 
     def note_kill(self, name: str) -> None:
         self.recent_kills.setdefault(name, []).append(self.ledger.now())
@@ -219,6 +223,10 @@ class Chaos:
                     fault.detected = self.ledger.now()
                 if a["state"] == "ready" and a["pid"] != old_pids[name]:
                     ready_new.add(name)
+                    if not takes_requests(a):  # its ready probe passed: that is its first correct answer
+                        answered.add(name)
+                        if answered == names:
+                            fault.recovered = self.ledger.now()
             if fault.restarted is None and ready_new == names:
                 fault.restarted = self.ledger.now()
             if now >= next_probe:
@@ -237,6 +245,12 @@ class Chaos:
             fault.restarted = fault.recovered
         if fault.detected is None and fault.restarted is not None:
             fault.detected = fault.restarted
+
+
+def takes_requests(agent: dict) -> bool:
+    """A Python agent or an MCP server answers requests; a plain program (command:) answers none, and
+    its readiness probe is what says it is back."""
+    return not agent.get("program") or agent.get("protocol") == "mcp"
 
 
 # ---- the scenarios -----------------------------------------------------------------------------------
@@ -355,7 +369,8 @@ def flood(chaos: Chaos, round_no: int, seconds: float = 3.0) -> Fault:
     Recovery counts from the end of the flood to ChaosEcho's next correct answer."""
     before = {a["name"]: a for a in chaos.status()["agents"]}
     fault = Fault("flood", round_no, ["ChaosEcho", "all"], chaos.ledger.now(), chaos.sla_ms["flood"])
-    targets = [Target(n, "ping") for n, a in before.items() if a["state"] == "ready" and not n.startswith("Chaos")]
+    targets = [Target(n, "ping") for n, a in before.items()
+               if a["state"] == "ready" and not n.startswith("Chaos") and takes_requests(a)]
     targets += [Target("ChaosEcho", "sleep")] * max(1, len(targets))
     flooders = [LoadClient(f"flood{round_no}.{i}", "flood", chaos.runtime_dir, chaos.ledger, lambda: targets,
                            rate=chaos.rate * 10, window=64, timeout_s=chaos.timeout_s,

@@ -16,6 +16,7 @@ unknown profile, --plot without matplotlib) and when sunsetd's dependencies cann
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import os
 import random
 import shutil
@@ -66,7 +67,8 @@ def _without_dependencies(exc: ImportError) -> None:
 try:
     import zmq
 
-    from faults import CHAOS_AGENTS, INJECTORS, SCENARIOS, SETTLE_S, SLA_MS, Chaos, DaemonUnderTest, Fault
+    from faults import (CHAOS_AGENTS, INJECTORS, SCENARIOS, SETTLE_S, SLA_MS, Chaos, DaemonUnderTest, Fault,
+                        takes_requests)
     from load import Ledger, LoadClient, Target
     from report import account, plot, scenario_rows, table, write_json
 
@@ -115,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", action="append", default=[], metavar="N|SCENARIO=N",
                    help="faults per scenario (default 3); repeatable, e.g. --rounds 20 --rounds kill=50")
     p.add_argument("--sla-ms", action="append", default=[], metavar="MS|SCENARIO=MS", help="recovery SLA override")
+    p.add_argument("--victims", default="*", metavar="PATTERN[,PATTERN]",
+                   help="the agents kill and freeze choose from (glob patterns, default all), e.g. 'tools.*'")
     p.add_argument("--seed", type=int, default=1, help="seed of the fault schedule and the load (default 1)")
     p.add_argument("--timeout-ms", type=int, default=3000, help="deadline of each load request (default 3000)")
     p.add_argument("--json", type=Path, help="write every event (faults and requests) here")
@@ -190,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
             say(f"starting sunsetd --profile {args.profile} (+ chaos agents) in {runtime_dir}")
             daemon.start()
         chaos = Chaos(runtime_dir, ledger, rng, sla_ms, daemon, arm_file, args.clients, args.rate,
-                      args.timeout_ms / 1000, context, say)
+                      args.timeout_ms / 1000, context, say, tuple(v for v in args.victims.split(",") if v))
         if not chaos.wait_all_ready(120):
             exit_code = 1  # and keep the workdir: the message points at the daemon's log in it
             raise SystemExit(f"chaos/run.py: sunsetd on {runtime_dir} did not get ready" +
@@ -205,7 +209,18 @@ def main(argv: list[str] | None = None) -> int:
             if "daemon" in scenarios:
                 say("skipping daemon: only a daemon the harness started itself can be killed and restarted")
                 scenarios.remove("daemon")
-        eager = [a["name"] for a in status["agents"] if not a["lazy"]]
+        victims = chaos.victims
+        if not any(fnmatch.fnmatchcase(n, v) for n in names for v in victims):
+            print(f"chaos/run.py: --victims {','.join(victims)} matches no agent of profile {status['profile']}",
+                  file=sys.stderr)
+            exit_code = 2
+            raise SystemExit(2)
+        for a in status["agents"]:  # lazy MCP servers are started by a first call: then they take load too
+            if a["lazy"] and a.get("protocol") == "mcp" and a["state"] == "stopped":
+                chaos.control.call(a["name"], "ping", timeout=30.0)
+        status = chaos.status()
+        eager = [a["name"] for a in status["agents"] if (not a["lazy"] or a.get("protocol") == "mcp")
+                 and takes_requests(a)]
         targets = [Target(n, op) for n in eager if n != "ChaosEcho" for op in ("ping", "info")]
         targets += [Target("ChaosEcho", "echo")] * (3 if "ChaosEcho" in names else 0)
         say(f"profile {status['profile']}: {len(status['agents'])} agents, load on {len(eager)}: {args.clients} "

@@ -56,6 +56,31 @@ def test_short_chaos_run_loses_nothing(tmp_path):
     assert f"plot: {png}" in result.stdout and png.read_bytes().startswith(PNG_SIGNATURE)
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_the_tools_profile_under_chaos_loses_nothing_when_its_programs_and_mcp_servers_die(tmp_path):
+    out = tmp_path / "events.json"
+    result = run_chaos("--profile", "tools", "--victims", "tools.*", "--scenario", "kill,freeze,flood",
+                       "--rounds", "kill=4", "--rounds", "freeze=3", "--rounds", "flood=1", "--clients", "3",
+                       "--seed", "3", "--json", str(out))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    events = json.loads(out.read_text())
+    victims = {t for f in events["faults"] if f["scenario"] in ("kill", "freeze") for t in f["targets"]}
+    assert victims <= {"tools.files", "tools.time", "tools.fetch"} and len(victims) >= 2, victims
+    assert all(f["recovered"] for f in events["faults"])
+    loaded = {r["agent"] for r in events["requests"] if r["kind"] == "load"}
+    assert {"tools.time", "tools.fetch"} <= loaded and "tools.files" not in loaded  # a plain program takes none
+    total = events["total"]
+    assert (total["lost"], total["wrong"], total["duplicates"]) == (0, 0, 0) and total["answered"] == total["sent"]
+
+
+@pytest.mark.slow
+def test_victims_that_match_no_agent_are_a_usage_error():
+    result = run_chaos("--profile", str(TEST_PROFILES / "mini.yaml"), "--victims", "nobody.*", "--scenario", "kill",
+                       timeout=120)
+    assert result.returncode == 2 and "--victims nobody.* matches no agent" in result.stderr
+
+
 # ---- starting from any python --------------------------------------------------------------------------
 
 def pythons_without_dependencies() -> list:
