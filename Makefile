@@ -67,6 +67,7 @@ bench: compile
 	$(BIN)/python bench/cold_start.py
 	$(BIN)/python bench/restart.py
 	$(BIN)/python bench/router.py
+	$(BIN)/python bench/mcp.py
 
 clean:
 	rm -rf $(VENV) $(NODE_DIR) build dist *.egg-info .pytest_cache
