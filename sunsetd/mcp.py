@@ -121,7 +121,8 @@ def _line(message: dict) -> bytes:
 
 
 # an answer's opening as the JSON-RPC libraries write it: {"jsonrpc":"2.0","id":7,"result"... or {"id":7,...
-_ANSWER_HEAD = re.compile(r'\{\s*(?:"jsonrpc"\s*:\s*"2\.0"\s*,\s*)?"id"\s*:\s*(\d{1,18})\s*,\s*"(?:result|error|jsonrpc)"')
+_ANSWER_HEAD = re.compile(
+    r'\{\s*(?:"jsonrpc"\s*:\s*"2\.0"\s*,\s*)?"id"\s*:\s*(\d{1,18})\s*,\s*"(?:result|error|jsonrpc)"')
 
 
 def _brief(value: Any) -> str:
@@ -254,7 +255,8 @@ class Session:
         if isinstance(mid, bool) or not isinstance(mid, (str, int)) or isinstance(mid, str) and len(mid) > MAX_ID:
             self._count("refused_requests")
             return ServerRequest(method, True, _line({"jsonrpc": "2.0", "id": None, "error": {
-                "code": INVALID_REQUEST, "message": f"a request id is an integer or a string of at most {MAX_ID} characters"}}))
+                "code": INVALID_REQUEST,
+                "message": f"a request id is an integer or a string of at most {MAX_ID} characters"}}))
         if method == "ping":
             return ServerRequest(method, False, _line({"jsonrpc": "2.0", "id": mid, "result": {}}))
         if method == "roots/list" and self.roots:

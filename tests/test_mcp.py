@@ -176,7 +176,8 @@ MESSAGES = st.one_of(
 
 
 @settings(max_examples=1000, deadline=None)
-@given(st.one_of(st.text(max_size=200), JSONISH.map(json.dumps), FIELDS.map(lambda d: json.dumps({"jsonrpc": "2.0", **d})),
+@given(st.one_of(st.text(max_size=200), JSONISH.map(json.dumps),
+                 FIELDS.map(lambda d: json.dumps({"jsonrpc": "2.0", **d})),
                  MESSAGES.map(json.dumps), st.lists(MESSAGES, max_size=3).map(json.dumps)))
 def test_no_line_a_server_prints_makes_the_session_raise(line):
     session = mcp.Session("x", roots=("/r",))
@@ -283,7 +284,8 @@ def test_what_sunsetd_writes_to_a_server_that_does_not_read_is_bounded():
     for i in range(100):  # its own requests are answered (refused) into the same bound
         channel.line(handle, json.dumps({"jsonrpc": "2.0", "id": i, "method": "sampling/createMessage"}))
     assert len(handle.written) == before and channel.links["srv"].session.counters["writes_dropped"] == 101
-    (forward,) = book.accept([b"c"], Request(id=1, to="srv", op="tools/list", body=None, timeout_ms=1000, retry=False), 0.0)
+    request = Request(id=1, to="srv", op="tools/list", body=None, timeout_ms=1000, retry=False)
+    (forward,) = book.accept([b"c"], request, 0.0)
     assert type(forward) is Forward
     (reply, *_) = channel.forward(forward.request, 1)
     assert reply.code.value == "overloaded"

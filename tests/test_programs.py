@@ -346,7 +346,8 @@ def notify_command(fields: str) -> str:
 def test_notify_fields_and_their_errors():
     p = probes.parse({"notify": True, "watchdog_ms": 500}, health=False)
     assert (p.kind, p.watchdog_ms) == ("notify", 500) and p.describe() == "notify (watchdog 500ms)"
-    for bad, says in (({"notify": "yes"}, "notify: expected true"), ({"notify": True, "interval_ms": 5}, "unknown field"),
+    for bad, says in (({"notify": "yes"}, "notify: expected true"),
+                      ({"notify": True, "interval_ms": 5}, "unknown field"),
                       ({"notify": True, "watchdog_ms": 1}, "watchdog_ms: expected an integer")):
         with pytest.raises(ValueError) as info:
             probes.parse(bad, health=False)
