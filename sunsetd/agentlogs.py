@@ -173,6 +173,14 @@ class LogFiles:
             except OSError:
                 pass
 
+    def reopen(self) -> int:
+        """Close every file, to be opened again at its next line (logrotate moved them); a file that
+        could not be written is tried again. Returns how many were open."""
+        n = len(self._files)
+        self.close()
+        self.failed.clear()
+        return n
+
     def close(self) -> None:
         for agent in list(self._files):
             self._close(agent)

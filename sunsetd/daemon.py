@@ -69,6 +69,16 @@ class LogDir:
     backups: int = 3
 
 
+# Signals the loop takes in through the wake-up fd: its own (TERM, INT, QUIT, HUP, CHLD, USR1, USR2), and
+# every other one a user might send whose default would end the daemon and every agent without a word,
+# which are logged and ignored. Faults (SEGV, BUS, ILL, FPE, ABRT, TRAP, SYS) keep their default: a crash
+# should dump, and STOP and KILL cannot be caught.
+HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGCHLD, signal.SIGUSR1,
+                   signal.SIGUSR2, signal.SIGALRM, signal.SIGVTALRM, signal.SIGPROF, signal.SIGIO, signal.SIGPWR,
+                   signal.SIGXCPU, signal.SIGXFSZ, *(getattr(signal, "SIGSTKFLT", ()) and (signal.SIGSTKFLT,)),
+                   *range(signal.SIGRTMIN, signal.SIGRTMAX + 1))
+
+
 class Daemon:
     def __init__(self, profile: Profile, runtime_dir: Path, profile_arg: str | None = None,
                  metrics_addr: tuple[str, int] | None = None, spawner: str = "fork", zygote: ForkServer | None = None,
@@ -76,6 +86,7 @@ class Daemon:
         self.profile_arg = profile_arg or str(profile.path)  # what a reload reads again
         self.runtime_dir = runtime_dir
         self.first_profile = profile
+        self._ignored_signals: dict[str, int] = {}  # signal name -> times received (logged 1st, 2nd, 4th...)
         self.lock = rundir.RuntimeLock(runtime_dir)
         self.timers = Timers()
         self.loop = EventLoop(self.timers)
@@ -103,12 +114,33 @@ class Daemon:
     def handle_sighup(self) -> None:
         self.reload(None)
 
+    def handle_sigquit(self) -> None:
+        self.begin_shutdown("SIGQUIT")  # as nginx and others take it: a graceful stop, not a core dump
+
     def handle_sigusr1(self) -> None:
-        # by default it would end the daemon and every agent with it; nothing of ours uses it
-        logs.event(logs.DAEMON, "signal", "SIGUSR1 ignored", "WARNING")
+        """Reopen the --log-dir files: what logrotate's postrotate sends (it has moved them)."""
+        files = self.events.files
+        if files is None:
+            logs.event(logs.DAEMON, "signal", "SIGUSR1: no --log-dir, no log file to reopen")
+            return
+        n = files.reopen()
+        logs.event(logs.DAEMON, "signal", f"SIGUSR1: reopened {n} log file(s) in {files.directory}")
 
     def handle_sigusr2(self) -> None:
-        logs.event(logs.DAEMON, "signal", "SIGUSR2 ignored", "WARNING")
+        """A status dump in the log: the daemon's line, then one line per agent."""
+        sup = self.supervisor
+        logs.event(logs.DAEMON, "status", f"SIGUSR2: {self.status_text()}")
+        now = self.timers.now()
+        for name in list(sup.slots):
+            a = sup.agent_status(name, now, fresh_rss=False)
+            logs.event(name, "status", a["state"], restarts=a["restarts"], reason=a["reason"] or None,
+                       incarnation=a["incarnation"] or None, pid=a["pid"])
+
+    def _ignored_signal(self, name: str) -> None:
+        n = self._ignored_signals[name] = self._ignored_signals.get(name, 0) + 1
+        if n & (n - 1) == 0:
+            logs.event(logs.DAEMON, "signal", f"{name} ignored (by default it would end sunsetd and every agent)",
+                       "WARNING", count=n)
 
     def handle_sigchld(self) -> None:
         self.spawner.on_sigchld()
@@ -119,9 +151,15 @@ class Daemon:
         except BlockingIOError:
             return
         for signum in data:
-            handler = getattr(self, f"handle_{signal.Signals(signum).name.lower()}", None)
+            try:
+                name = signal.Signals(signum).name
+            except ValueError:  # SIGRTMIN+n has no name of its own
+                name = f"SIGRTMIN+{signum - signal.SIGRTMIN}"
+            handler = getattr(self, f"handle_{name.lower()}", None)
             if handler is not None:
                 handler()
+            else:
+                self._ignored_signal(name)
 
     # ---- the supervisor's listener: what the request book, the control ops and systemd must hear
     def agent_view(self, name: str, view: AgentView | None) -> None:
@@ -359,7 +397,7 @@ class Daemon:
         self.loop.watch(self.router.front, self.router.on_front_readable)
         self._wakeup_r, wakeup_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         old_wakeup = signal.set_wakeup_fd(wakeup_w, warn_on_full_buffer=False)
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD, signal.SIGUSR1, signal.SIGUSR2):
+        for sig in HANDLED_SIGNALS:
             signal.signal(sig, lambda *_: None)  # the wake-up fd carries it into the loop
         self.loop.watch(self._wakeup_r, self._on_signal_fd)
         c = profile.counts()
@@ -382,8 +420,9 @@ class Daemon:
         finally:
             # Past this point a signal changes nothing, and during the interpreter's teardown Python
             # restores the default handlers: a late SIGTERM would turn a clean exit into -15.
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
-                signal.signal(sig, signal.SIG_IGN)
+            for sig in HANDLED_SIGNALS:
+                if sig != signal.SIGCHLD:
+                    signal.signal(sig, signal.SIG_IGN)
             signal.set_wakeup_fd(old_wakeup)
             self.notifier.close()
             self.metrics.close()

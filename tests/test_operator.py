@@ -150,6 +150,37 @@ def test_log_dir_has_one_logfmt_file_per_agent_rotated_by_size(start_daemon, tmp
     assert "Base.log" in os.listdir(logs)
 
 
+def test_sigusr1_reopens_log_files_sigusr2_dumps_status_and_no_other_signal_ends_it_silently(start_daemon, tmp_path):
+    # found by attacking it (#11): SIGUSR1 and SIGUSR2 killed the daemon and every agent with no log line
+    logs = tmp_path / "logs"
+    d = start_daemon(OPS, "--log-dir", str(logs))
+    d.call("Free", "say", "before")
+    wait_until(lambda: "before" in (logs / "Free.log").read_text(), 5.0, what="the first line in the file")
+    os.rename(logs / "Free.log", logs / "Free.log.rotated")  # what logrotate does, then its postrotate
+    d.proc.send_signal(signal.SIGUSR1)
+    wait_until(lambda: "SIGUSR1: reopened" in d.log(), 5.0, what="the reopen")
+    d.call("Free", "say", "after")
+    wait_until(lambda: (logs / "Free.log").exists() and "after" in (logs / "Free.log").read_text(), 5.0,
+               what="a new Free.log")
+    assert "after" not in (logs / "Free.log.rotated").read_text()
+    d.proc.send_signal(signal.SIGUSR2)
+    wait_until(lambda: "agent=Free event=status msg=ready" in d.log(), 5.0, what="the status dump")
+    assert 'event=status msg="SIGUSR2: ' in d.log()
+    for sig in (signal.SIGALRM, signal.SIGVTALRM, signal.SIGPROF, signal.SIGIO, signal.SIGPWR, signal.SIGXCPU,
+                signal.SIGRTMIN + 3):
+        d.proc.send_signal(sig)
+    wait_until(lambda: "SIGRTMIN+3 ignored" in d.log() and "SIGALRM ignored" in d.log(), 5.0, what="signals logged")
+    d.proc.send_signal(signal.SIGALRM)  # once it was taken (the kernel merges a signal still pending)
+    wait_until(lambda: d.log().count("SIGALRM ignored") == 2, 5.0, what="the second logged")
+    for _ in range(5):
+        d.proc.send_signal(signal.SIGALRM)
+        time.sleep(0.05)
+    assert d.log().count("SIGALRM ignored") <= 3  # the 4th is logged, not every one
+    assert d.proc.poll() is None and d.call("Free", "echo", 1) == 1
+    d.proc.send_signal(signal.SIGQUIT)  # a graceful stop, like SIGTERM
+    assert d.proc.wait(30) == 0 and 'event=shutdown msg=SIGQUIT' in d.log()
+
+
 def test_a_log_file_that_cannot_be_written_is_said_once_and_the_daemon_goes_on(start_daemon, tmp_path):
     logs = tmp_path / "logs"
     (logs / "Free.log").mkdir(parents=True)  # in the way of the file
