@@ -11,6 +11,7 @@ import enum
 import functools
 import json
 import math
+import reprlib
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping
 
@@ -120,15 +121,26 @@ def request_id_of(msg: Any) -> Any:
     return None
 
 
+_SHOW = reprlib.Repr()
+_SHOW.maxlevel, _SHOW.maxstring, _SHOW.maxother, _SHOW.maxlist, _SHOW.maxdict = 2, 40, 40, 4, 4
+
+
+def show(value: Any) -> str:
+    """A client's value quoted in an error: a bounded prefix whatever its size or depth (never an echo
+    of the whole value, and never a RecursionError)."""
+    return _SHOW.repr(value)[:80]
+
+
 def parse_request(msg: Any) -> Request:
     """Validate a decoded front-socket message; raise ProtocolError naming the field at fault."""
     if not isinstance(msg, dict):
         raise ProtocolError(f"request must be a map, got {type(msg).__name__}")
     unknown = set(msg) - _REQUEST_FIELDS
     if unknown:
-        raise ProtocolError(f"request has unknown field {sorted(map(str, unknown))[0]!r}")
-    if msg.get("v") != VERSION:
-        raise ProtocolError(f"request field 'v' must be {VERSION}, got {msg.get('v')!r}")
+        raise ProtocolError(f"request has unknown field {min(show(k) for k in unknown)}")
+    v = msg.get("v")
+    if type(v) is not int or v != VERSION:  # exactly the integer: True == 1 and 1.0 == 1 in Python
+        raise ProtocolError(f"request field 'v' must be the integer {VERSION}, got {show(v)}")
     rid = msg.get("id")
     if rid is None or isinstance(rid, bool) or not isinstance(rid, (int, str, bytes)):
         raise ProtocolError("request field 'id' must be an integer or string")
@@ -138,14 +150,13 @@ def parse_request(msg: Any) -> Request:
     if not isinstance(op, str) or not op:
         raise ProtocolError("request field 'op' must be a non-empty string")
     timeout_ms = msg.get("timeout_ms", DEFAULT_TIMEOUT_MS)
-    if isinstance(timeout_ms, bool) or not isinstance(timeout_ms, (int, float)) or not (
-        0 < timeout_ms <= MAX_TIMEOUT_MS
-    ):
-        raise ProtocolError(f"request field 'timeout_ms' must be a number in (0, {MAX_TIMEOUT_MS}]")
+    if type(timeout_ms) is not int or not 0 < timeout_ms <= MAX_TIMEOUT_MS:
+        raise ProtocolError(f"request field 'timeout_ms' must be an integer from 1 to {MAX_TIMEOUT_MS}, "
+                            f"got {show(timeout_ms)}")
     retry = msg.get("retry", False)
     if not isinstance(retry, bool):
         raise ProtocolError("request field 'retry' must be a boolean")
-    return Request(rid, to, op, msg.get("body"), int(timeout_ms), retry)
+    return Request(rid, to, op, msg.get("body"), timeout_ms, retry)
 
 
 def ok_reply(rid: Any, body: Any) -> dict:

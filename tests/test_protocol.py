@@ -17,7 +17,7 @@ def good(**overrides):
 def test_parse_request_defaults():
     r = protocol.parse_request(good())
     assert (r.id, r.to, r.op, r.body, r.timeout_ms, r.retry) == (5, "A", "echo", {"x": 1}, 30_000, False)
-    assert protocol.parse_request(good(id="abc", timeout_ms=1.5, retry=True)).retry is True
+    assert protocol.parse_request(good(id="abc", timeout_ms=1500, retry=True)).retry is True
 
 
 @pytest.mark.parametrize("msg, field", [
@@ -25,11 +25,26 @@ def test_parse_request_defaults():
     (good(id=[1]), "'id'"), (good(to=""), "'to'"), (good(to=3), "'to'"), (good(op=None), "'op'"),
     (good(timeout_ms=0), "'timeout_ms'"), (good(timeout_ms=True), "'timeout_ms'"),
     (good(timeout_ms=10**12), "'timeout_ms'"), (good(retry="yes"), "'retry'"), (good(colour=1), "'colour'"),
+    # found by attacking it (#11): `v: true` counted as version 1, and so did 1.0; a float timeout passed
+    (good(v=True), "'v' must be the integer 1, got True"), (good(v=1.0), "'v'"), (good(timeout_ms=1.5), "'timeout_ms'"),
 ])
 def test_parse_request_names_the_field_at_fault(msg, field):
     with pytest.raises(ProtocolError) as info:
         protocol.parse_request(msg)
     assert field in str(info.value)
+
+
+def test_an_error_quotes_a_bounded_prefix_of_the_bad_value_whatever_its_size_or_depth():
+    # found by attacking it (#11): a deeply nested `v` raised RecursionError (no reply, a traceback per
+    # frame), and error replies echoed the whole bad value (a 4x amplification)
+    deep: list = []
+    for _ in range(100_000):
+        deep = [deep]
+    for bad in (deep, "x" * 500_000, list(range(100_000)), {str(i): i for i in range(10_000)}):
+        for msg in (good(v=bad), good(timeout_ms=bad), {**good(), "x" * 100_000: 1}):
+            with pytest.raises(ProtocolError) as info:
+                protocol.parse_request(msg)
+            assert len(str(info.value)) < 200
 
 
 def test_request_id_of_invalid_requests():
