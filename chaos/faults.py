@@ -209,6 +209,7 @@ class Chaos:
     def measure(self, fault: Fault, old_pids: dict[str, int], until: float, restart_by: str = "pid") -> None:
         """Poll until every target is ready as a new incarnation and has answered a probe correctly."""
         names = set(old_pids)
+        probed = {n for n in names if takes_requests(self.agent(n) or {})}  # a plain program answers none
         ready_new: set[str] = set()
         answered: set[str] = set()
         next_probe = 0.0
@@ -230,7 +231,7 @@ class Chaos:
             if fault.restarted is None and ready_new == names:
                 fault.restarted = self.ledger.now()
             if now >= next_probe:
-                for name in names - answered:
+                for name in (names - answered) & probed:
                     self.prober.send("probe", name, "info", None, None, 1.0)
                 next_probe = now + 0.02
             for record in self.prober.receive(POLL_S):

@@ -40,7 +40,7 @@ class Record:
 @dataclass(frozen=True)
 class Target:
     agent: str
-    op: str  # ping | info | echo | sleep
+    op: str  # ping | info | echo | sleep | tools/list (an MCP server)
 
 
 def expected_body(target: Target, rng: random.Random) -> tuple[Any, Any]:
@@ -89,6 +89,9 @@ class Ledger:
                 if record.op == "info":
                     record.correct = isinstance(body, dict) and body.get("name") == record.agent
                     record.pid = body.get("pid") if isinstance(body, dict) else None
+                elif record.op == "tools/list":  # an MCP server's own answer (its info is sunsetd's)
+                    record.correct = isinstance(body, dict) and isinstance(body.get("tools"), list) \
+                        and bool(body["tools"])
                 elif record.expected is not None:
                     record.correct = body == record.expected
                 else:

@@ -65,7 +65,8 @@ def _without_dependencies(exc: ImportError) -> None:
 
 
 try:
-    import zmq
+    import zmq  # first: its absence is what the one-line hint names
+    import psutil
 
     from faults import (CHAOS_AGENTS, INJECTORS, SCENARIOS, SETTLE_S, SLA_MS, Chaos, DaemonUnderTest, Fault,
                         takes_requests)
@@ -221,7 +222,9 @@ def main(argv: list[str] | None = None) -> int:
         status = chaos.status()
         eager = [a["name"] for a in status["agents"] if (not a["lazy"] or a.get("protocol") == "mcp")
                  and takes_requests(a)]
-        targets = [Target(n, op) for n in eager if n != "ChaosEcho" for op in ("ping", "info")]
+        mcp = {a["name"] for a in status["agents"] if a.get("protocol") == "mcp"}
+        targets = [Target(n, op) for n in eager if n != "ChaosEcho"
+                   for op in (("ping", "info", "tools/list") if n in mcp else ("ping", "info"))]
         targets += [Target("ChaosEcho", "echo")] * (3 if "ChaosEcho" in names else 0)
         say(f"profile {status['profile']}: {len(status['agents'])} agents, load on {len(eager)}: {args.clients} "
             f"clients x {args.rate:g} req/s, seed {args.seed}")
@@ -256,11 +259,14 @@ def main(argv: list[str] | None = None) -> int:
         chaos.prober.close()
         chaos.control.close()
         if daemon is not None:
+            # everything below the daemon now, whatever its command line (a program's never names the
+            # runtime directory): none of it may outlive the daemon's stop
+            tree = psutil.Process(daemon.proc.pid).children(recursive=True)
             code = daemon.stop()
             if code != 0:
                 say(f"sunsetd exited with {code} at the end (its log: {daemon.log_path})")
                 exit_code = 1
-            left = [p.pid for p in processes_using(runtime_dir)]
+            left = sorted({p.pid for p in processes_using(runtime_dir)} | {p.pid for p in tree if _alive(p)})
             if left:
                 say(f"processes left behind: {left}")
                 exit_code = 1
@@ -302,6 +308,13 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
         elif workdir is not None:
             say(f"kept {workdir} (daemon log) for inspection")
+
+
+def _alive(p: "psutil.Process") -> bool:
+    try:
+        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 def _ms(value: float | None) -> str:

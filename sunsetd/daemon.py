@@ -37,7 +37,7 @@ from sunsetd.reload import ReloadOutcome, ReloadPlan
 from sunsetd.requestbook import AgentView, RequestBook
 from sunsetd.router import Router
 from sunsetd.spawner import (ExecSpawner, Exited, ForkSpawner, LocalHandle, LocalSpawner, Output, ProcessEvent,
-                             SpawnFailed)
+                             SpawnFailed, sweep_at_exit)
 from sunsetd.supervisor import LAZY_START, Supervisor
 from sunsetd.systemd import Notifier
 from sunsetd.timers import Timer, Timers
@@ -412,11 +412,12 @@ class Daemon:
                     if sup.all_stopped:
                         break
                     if self.timers.now() - sup.stopping_since > self.stop_budget_s:
-                        logs.event(logs.DAEMON, "shutdown", "stop budget exceeded; leaving the rest to the kernel",
-                                   "ERROR")
+                        logs.event(logs.DAEMON, "shutdown", "stop budget exceeded; killing what is left", "ERROR")
+                        sup.kill_all()
                         break
                 self.loop.run_once()
             self.router.execute(self.book.close())
+            sweep_at_exit(self.spawner)
         finally:
             # Past this point a signal changes nothing, and during the interpreter's teardown Python
             # restores the default handlers: a late SIGTERM would turn a clean exit into -15.

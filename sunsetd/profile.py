@@ -192,6 +192,8 @@ def _path(v: Any) -> str:
 
 def _relative_to(origin: Path, key: str, value: Any, where: str, errors: list[str]) -> Any:
     """A path field is relative to the file that gives it; env_file is read now (so --check sees it)."""
+    if key == "roots":
+        return tuple(r if "://" in r or os.path.isabs(r) else str(origin.parent / r) for r in value)
     if key not in ("env_file", "cwd"):
         return value
     path = Path(value) if os.path.isabs(value) else origin.parent / value
@@ -261,7 +263,7 @@ def _protocol(v: Any) -> str:
 def _roots(v: Any) -> tuple[str, ...]:
     if not isinstance(v, list) or not all(isinstance(r, str) and r and "\0" not in r for r in v):
         raise ValueError("expected a list of directories or URIs")
-    return tuple(r if "://" in r else os.path.abspath(r) for r in v)
+    return tuple(v)
 
 
 def _run(v: Any) -> str:

@@ -19,6 +19,7 @@ import select
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Protocol
@@ -583,6 +584,18 @@ class LocalSpawner:
                 logs.event(logs.DAEMON, "orphan", f"killed {name} left behind by a dead agent", "WARNING", pid=pid)
         if not self.closed:
             self._timers[1] = self.timers.call_later(SWEEP_INTERVAL_S, self._sweep)
+
+
+def sweep_at_exit(spawner: "LocalSpawner", timeout_s: float = 1.0) -> None:
+    """The daemon is about to exit: what agents left behind outside their process groups is killed and
+    reaped now, not at a next sweep that will never come (nothing of theirs has a parent-death signal)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        for pid, name in reap_strays(spawner.known_pids(), kill=True, reap_unknown=True):
+            logs.event(logs.DAEMON, "orphan", f"killed {name} left behind by a dead agent", "WARNING", pid=pid)
+        if not strays(spawner.known_pids()) or time.monotonic() > deadline:
+            return
+        time.sleep(0.005)
 
 
 def _readable(fd: int) -> bool:

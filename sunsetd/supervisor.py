@@ -35,6 +35,8 @@ LAST_REPLIES_CLEAN_S = 0.1  # a clean exit's last replies may still be in libzmq
 LAST_REPLIES_CRASH_S = 0.002  # and a crash's: what it wrote before dying is read within a loop round
 RECHECK_S = 0.01  # a heartbeat verdict deferred while the loop has unread messages
 MCP_STDIN_GRACE_S = 1.0  # an MCP server whose stdin was closed gets this long to exit before its stop signal
+MCP_DRAIN_SHARE = 0.6  # of stop_timeout_s, for a stopping MCP server to answer what it holds
+MCP_DRAIN_POLL_S = 0.02
 
 
 def _signal_name(signum: int) -> str:
@@ -77,6 +79,7 @@ class RequestView(Protocol):
 
     def idle(self, name: str) -> bool: ...
     def last_request_at(self, name: str) -> float: ...
+    def load(self, name: str) -> tuple[int, int]: ...  # (in flight, queued)
 
 
 class Listener(Protocol):
@@ -120,6 +123,7 @@ class AgentSlot:
     deadline_timer: Timer | None = None
     heartbeat_timer: Timer | None = None
     stop_signal_timer: Timer | None = None  # an MCP server's stop signal, a moment after its stdin closed
+    stop_urgent: bool = False  # the next stop is of a hung agent: nothing to wait for
     reload_watch: SettleWatch | None = None
     reload_timer: Timer | None = None
     dependencies: list["AgentSlot"] = field(default_factory=list)
@@ -382,6 +386,7 @@ class Supervisor:
         return None
 
     def _unhealthy(self, slot: AgentSlot, reason: str) -> None:
+        slot.stop_urgent = True  # a hung agent answers nothing more: no time to drain
         self._apply(slot, slot.lifecycle.unhealthy(self.timers.now(), reason))
 
     # ---- carrying out decisions
@@ -466,6 +471,7 @@ class Supervisor:
         slot.spawned_with = slot.spec
         slot.hello = False
         slot.status_text = slot.watchdog_s = None
+        slot.stop_urgent = False
         slot.last_heard = self.timers.now()
         try:
             slot.handle = self.spawner.spawn(slot.spec, incarnation, self._on_process_event)
@@ -484,18 +490,32 @@ class Supervisor:
         handle = slot.handle
         if handle is None:
             return
+        running = slot.spawned_with or slot.spec  # what its process is (a reload may have changed the slot's)
+        urgent, slot.stop_urgent = slot.stop_urgent, False
+        if slot.hello and running.protocol == "mcp" and self.mcp is not None:
+            # MCP's own way to stop a stdio server is its stdin closed, which ends its serving: first what
+            # it holds is answered (unless it is hung), then its stdin, then the stop signal a moment later
+            handle.resume()  # a frozen one must run to see the end of its input
+            drain_s = 0.0 if urgent else running.stop_timeout_s * MCP_DRAIN_SHARE
+            self._drain_mcp(slot, handle, self.timers.now() + drain_s)
+            return
         if slot.hello:
-            grace_ms = int(slot.spec.stop_timeout_s * 800)  # leave the agent a margin before our SIGKILL
-            self._channel(slot).send(slot.name, handle.incarnation, Kind.STOP, {"grace_ms": grace_ms})
-            if slot.spec.protocol == "mcp":
-                # MCP's own way to stop a stdio server: its stdin closed (the STOP above), and the stop
-                # signal only if it has not exited within a moment of that
-                handle.resume()  # a frozen one must run to see the end of its input
-                self.timers.cancel(slot.stop_signal_timer)
-                slot.stop_signal_timer = self.timers.call_later(
-                    min(MCP_STDIN_GRACE_S, slot.spec.stop_timeout_s / 2), lambda: self._stop_signal(slot, handle))
-                return
+            grace_ms = int(running.stop_timeout_s * 800)  # leave the agent a margin before our SIGKILL
+            self.channel.send(slot.name, handle.incarnation, Kind.STOP, {"grace_ms": grace_ms})
         self._stop_signal(slot, handle)
+
+    def _drain_mcp(self, slot: AgentSlot, handle: ProcessHandle, until: float) -> None:
+        slot.stop_signal_timer = None
+        if slot.handle is not handle or self.mcp is None:
+            return  # it exited meanwhile
+        if self.requests.load(slot.name)[0] and self.timers.now() < until:
+            slot.stop_signal_timer = self.timers.call_later(MCP_DRAIN_POLL_S,
+                                                            lambda: self._drain_mcp(slot, handle, until))
+            return
+        self.mcp.send(slot.name, handle.incarnation, Kind.STOP)  # its stdin closed
+        running = slot.spawned_with or slot.spec
+        slot.stop_signal_timer = self.timers.call_later(min(MCP_STDIN_GRACE_S, running.stop_timeout_s / 4),
+                                                        lambda: self._stop_signal(slot, handle))
 
     def _stop_signal(self, slot: AgentSlot, handle: ProcessHandle) -> None:
         slot.stop_signal_timer = None
@@ -510,7 +530,8 @@ class Supervisor:
 
     def _channel(self, slot: AgentSlot) -> AgentChannel:
         """How the supervisor speaks to this agent: the agents socket, or an MCP server's stdio."""
-        return self.mcp if self.mcp is not None and slot.spec.protocol == "mcp" else self.channel
+        running = slot.spawned_with or slot.spec
+        return self.mcp if self.mcp is not None and running.protocol == "mcp" else self.channel
 
     def _publish(self, slot: AgentSlot) -> None:
         """Tell the request book what it must know of this agent, when that changed."""
@@ -559,7 +580,7 @@ class Supervisor:
             return  # an older incarnation's late news
         elif isinstance(event, Started):
             logs.event(slot.name, "spawn", incarnation=handle.incarnation, pid=handle.pid)
-            if slot.spec.protocol == "mcp" and self.mcp is not None:
+            if (slot.spawned_with or slot.spec).protocol == "mcp" and self.mcp is not None:
                 self.mcp.opened(handle)  # ready when its handshake is done
             elif slot.spec.command:
                 ready = slot.spec.ready

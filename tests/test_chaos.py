@@ -68,8 +68,9 @@ def test_the_tools_profile_under_chaos_loses_nothing_when_its_programs_and_mcp_s
     victims = {t for f in events["faults"] if f["scenario"] in ("kill", "freeze") for t in f["targets"]}
     assert victims <= {"tools.files", "tools.time", "tools.fetch"} and len(victims) >= 2, victims
     assert all(f["recovered"] for f in events["faults"])
-    loaded = {r["agent"] for r in events["requests"] if r["kind"] == "load"}
-    assert {"tools.time", "tools.fetch"} <= loaded and "tools.files" not in loaded  # a plain program takes none
+    loaded = {(r["agent"], r["op"]) for r in events["requests"] if r["kind"] == "load"}
+    assert {("tools.time", "tools/list"), ("tools.fetch", "tools/list")} <= loaded  # the servers' own answers
+    assert not [r for r in events["requests"] if r["agent"] == "tools.files"]  # a plain program is sent nothing
     total = events["total"]
     assert (total["lost"], total["wrong"], total["duplicates"]) == (0, 0, 0) and total["answered"] == total["sent"]
 

@@ -191,7 +191,7 @@ def test_garbage_on_both_sockets_never_stops_the_daemon(start_daemon):
     cases = {
         b"\xc1\xff not msgpack": "not valid msgpack",
         msgpack.packb([1, 2, 3]): "request must be a map",
-        msgpack.packb({"v": 2, "id": 1, "to": "Base", "op": "echo"}): "field 'v' must be 1",
+        msgpack.packb({"v": 2, "id": 1, "to": "Base", "op": "echo"}): "field 'v' must be the integer 1",
         msgpack.packb({"v": 1, "id": 7, "to": "Base"}): "field 'op'",
         msgpack.packb({"v": 1, "id": 8, "to": "Base", "op": "echo", "timeout_ms": "soon"}): "field 'timeout_ms'",
         msgpack.packb({"v": 1, "id": 9, "to": "Base", "op": "echo", "extra": 1}): "unknown field 'extra'",

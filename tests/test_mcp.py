@@ -3,6 +3,7 @@ a server prints means. The same session under a real daemon and real servers: te
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -307,3 +308,13 @@ def test_a_bug_while_reading_a_line_is_logged_and_contained(monkeypatch):
     monkeypatch.setattr(channel, "_on_event", lambda link, event: 1 / 0)
     channel.line(handle, '{"jsonrpc":"2.0","id":3,"result":{}}')  # raises nothing
     assert channel.links["srv"].session.counters["internal_errors"] == 1
+
+
+def test_relative_roots_are_relative_to_the_profile_like_every_path_field(tmp_path):
+    # found in review: they were made absolute against the daemon's working directory
+    from sunsetd.profile import load_profile
+
+    p = tmp_path / "p.yaml"
+    p.write_text(f"name: p\nagents:\n  - {{name: s, command: [{sys.executable}], protocol: mcp, "
+                 f"roots: [data, /abs, 'https://example.org/r']}}\n")
+    assert load_profile(str(p)).agent("s").roots == (str(tmp_path / "data"), "/abs", "https://example.org/r")

@@ -212,3 +212,37 @@ def test_a_misbehaving_server_is_counted_logged_and_refused_but_never_stops_the_
     assert "not today" in d.agent("refuser")["reason"]
     wait_until(lambda: "which sunsetd does not" in d.log(), 10.0, what="the unknown protocol refused")
     assert d.call("odd", "ping") == "pong" and d.status()["state"] in ("running", "degraded")
+
+
+def test_a_stop_or_a_reload_lets_what_an_mcp_server_holds_finish_and_stops_each_process_its_own_way(
+        start_daemon, tmp_path):
+    # found in review: a planned stop closed an MCP server's stdin at once, so what it held was answered
+    # agent_crashed; and a reload that made a Python agent an MCP server (or back) stopped the old
+    # process the new definition's way: the Python agent was sent no STOP and no heartbeat, and exited
+    # "sunsetd silent" with its call in flight
+    python_agent = "  - {name: s1, run: 'agents.testing:Echo'}\n"
+    profile = write_profile(tmp_path, python_agent, defaults="heartbeat_ms: 100, stop_timeout_s: 5")
+    d = start_daemon(profile)
+    t, out = call_in_thread(d.runtime_dir, "s1", "sleep", 1.5, timeout=10)
+    time.sleep(0.3)
+    profile.write_text(profile.read_text().replace(python_agent, script(tmp_path, "s1")))
+    d.call("sunsetd", "reload", timeout=30)
+    t.join(15)
+    assert out.get("ok") == 1.5, out  # the Python agent finished it, as a Python-to-Python reload would
+    assert "sunsetd silent" not in d.log()
+    d.wait_agent("s1", lambda a: a["state"] == "ready" and a["protocol"] == "mcp", timeout=30)
+    # the MCP server drains too: two calls in flight when it is told to restart both get their answers
+    calls = [call_in_thread(d.runtime_dir, "s1", "tools/call", {"name": "sleep", "arguments": {"seconds": 1.0}},
+                            timeout=10) for _ in range(2)]
+    time.sleep(0.3)
+    d.call("sunsetd", "restart", {"agent": "s1"}, timeout=30)
+    for t, out in calls:
+        t.join(15)
+        assert out.get("ok", {}).get("content", [{}])[0].get("text") == "slept", out
+    # and back to a Python agent: the server is stopped as MCP asks (stdin closed: it exits 0 by itself)
+    profile.write_text(profile.read_text().replace(script(tmp_path, "s1"), python_agent))
+    d.call("sunsetd", "reload", timeout=30)
+    d.wait_agent("s1", lambda a: a["state"] == "ready" and a["protocol"] is None, timeout=30)
+    assert d.call("s1", "echo", "python again") == "python again"
+    exits = [line for line in d.log().splitlines() if "agent=s1 event=exit" in line]
+    assert len(exits) == 3 and all('msg="exit code 0"' in line for line in exits[1:]), exits

@@ -414,3 +414,18 @@ def test_a_notify_socket_has_an_unguessable_name_and_a_flood_cannot_hold_the_loo
     finally:
         first.close()
         second.close()
+
+
+@pytest.mark.slow
+def test_what_escaped_its_group_is_killed_at_shutdown_too(start_daemon, tmp_path):
+    # found in review: the orphan sweep ran once a second, and the daemon exited ~40 ms after its last
+    # agent: a grandchild in a session of its own outlived a shutdown
+    marker = tmp_path / "escaped-marker"
+    d = start_daemon(write(tmp_path, f"""
+  - {{name: Escaper, command: [sh, -c, 'setsid sh -c "sleep 302; true" {marker} & exec sleep 1000']}}
+"""))
+    wait_until(lambda: [p for p in psutil.process_iter(["cmdline"]) if str(marker) in " ".join(p.info["cmdline"] or [])],
+               5.0, what="the escaped grandchild")
+    assert d.terminate() == 0
+    left = [p for p in psutil.process_iter(["cmdline"]) if str(marker) in " ".join(p.info["cmdline"] or []) and alive(p)]
+    assert not left and "left behind by a dead agent" in d.log()
