@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,6 +90,8 @@ class Access:
     gid: int | None = None
 
     def socket(self, path: Path, shared: bool) -> None:
+        if not stat.S_ISSOCK(os.lstat(path).st_mode):  # chmod follows symlinks: only our own socket
+            raise RuntimeDirError(f"{path} is not the socket sunsetd just bound")
         if shared and self.gid is not None:
             give_to_group(path, self.gid)
             os.chmod(path, 0o660)
@@ -118,6 +121,25 @@ def group_id(name: str) -> int:
         raise RuntimeDirError(f"--socket-group {name}: no such group") from None
 
 
+def check_safe(runtime_dir: Path) -> None:
+    """The directory whose sockets clients and agents will trust: a real directory (not a symlink), owned
+    by our effective uid, that no group and nobody else may write to (or a stranger could swap a socket,
+    or plant a symlink for the lock and have a root daemon truncate what it points at)."""
+    st = os.lstat(runtime_dir)
+    euid = os.geteuid()
+    problem = None
+    if stat.S_ISLNK(st.st_mode):
+        problem = "is a symlink"
+    elif not stat.S_ISDIR(st.st_mode):
+        problem = "is not a directory"
+    elif st.st_uid != euid:
+        problem = f"is owned by uid {st.st_uid}, not by sunsetd's uid {euid}"
+    elif st.st_mode & 0o022:
+        problem = f"may be written by its group or others (mode {stat.S_IMODE(st.st_mode):04o}): chmod go-w it"
+    if problem is not None:
+        raise RuntimeDirError(f"runtime directory {runtime_dir} {problem}; use another --runtime-dir")
+
+
 class RuntimeLock:
     """An flock on $RUNTIME/sunsetd.lock: held for the daemon's life, released by the kernel at death.
 
@@ -135,12 +157,17 @@ class RuntimeLock:
             self.runtime_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as exc:
             raise RuntimeDirError(f"cannot create runtime directory {self.runtime_dir}: {exc.strerror}") from None
+        check_safe(self.runtime_dir)
         path = self.runtime_dir / LOCK_FILE
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:  # never through a symlink: in a directory that is ours alone none can be there, but never trust it
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
         except OSError as exc:
-            raise RuntimeDirError(f"cannot use runtime directory {self.runtime_dir}: {path.name}: {exc.strerror}; "
+            why = "a symlink" if exc.errno == errno.ELOOP else exc.strerror
+            raise RuntimeDirError(f"cannot use runtime directory {self.runtime_dir}: {path.name}: {why}; "
                                   "is it somebody else's? use another --runtime-dir") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise RuntimeDirError(f"cannot use runtime directory {self.runtime_dir}: {path.name} is not a file")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 import re
 import signal
 import subprocess
@@ -265,6 +266,45 @@ def test_runtime_dir_too_long_is_a_clear_error(runtime_dirs):
     result = subprocess.run([sys.executable, "-m", "sunsetd", "--profile", str(MINI), "--runtime-dir",
                              str(long_dir)], capture_output=True, text=True, timeout=30, cwd=REPO)
     assert result.returncode == 1 and "too long for an ipc:// socket path" in result.stderr
+
+
+def unsafe_runtime_dirs(base: Path) -> list[tuple[Path, str, Path | None]]:
+    """(runtime dir, what the refusal says, a file that must stay untouched) for each unsafe kind."""
+    victim = base / "root-only"
+    victim.write_text("precious\n")
+    victim.chmod(0o600)
+    real = base / "real"
+    real.mkdir(mode=0o700)
+    cases = [(base / "link", "is a symlink", None)]
+    (base / "link").symlink_to(real)
+    loose = base / "loose"
+    loose.mkdir()
+    loose.chmod(0o777)
+    cases.append((loose, "may be written by its group or others (mode 0777)", None))
+    if os.geteuid() == 0:  # what the attack did: another user's directory, a lock symlinked at root's file
+        theirs = base / "theirs"
+        theirs.mkdir(mode=0o700)
+        (theirs / "sunsetd.lock").symlink_to(victim)
+        os.chown(theirs, 65534, 65534)
+        cases.append((theirs, "is owned by uid 65534", victim))
+    ours = base / "ours"  # our own, safe directory, but a symlink where the lock goes
+    ours.mkdir(mode=0o700)
+    (ours / "sunsetd.lock").symlink_to(victim)
+    cases.append((ours, "sunsetd.lock: a symlink", victim))
+    return cases
+
+
+def test_a_runtime_directory_that_is_not_safe_is_refused_in_one_line(runtime_dirs):
+    # found by attacking it (#11): a root daemon given a directory another user made followed its
+    # symlinked lock (a root-only file was truncated), and that user could swap the socket
+    base = runtime_dirs.new()
+    for runtime_dir, says, untouched in unsafe_runtime_dirs(base):
+        result = subprocess.run([sys.executable, "-m", "sunsetd", "--profile", str(MINI), "--runtime-dir",
+                                 str(runtime_dir)], capture_output=True, text=True, timeout=30, cwd=REPO)
+        assert result.returncode == 1 and says in result.stderr, (runtime_dir, result.stderr)
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+        if untouched is not None:
+            assert untouched.read_text() == "precious\n"
 
 
 def test_sigterm_answers_queued_requests_and_stops_in_reverse_order(start_daemon):
