@@ -9,6 +9,8 @@ child (sunsetd.runcheck): loading a profile never runs user code.
 from __future__ import annotations
 
 import enum
+import json
+import math
 import os
 import re
 import shlex
@@ -19,7 +21,7 @@ from typing import Any, Callable
 
 import yaml
 
-from sunsetd import probes, procsettings
+from sunsetd import probes, procsettings, protocol
 from sunsetd.probes import Probe
 from sunsetd.procsettings import ProcessSettings
 
@@ -118,19 +120,26 @@ class ProfileError(Exception):
 # Each checker returns the converted value or raises ValueError with what was expected.
 
 
-def _int(lo: int = 0) -> Callable[[Any], int]:
+# Every number in a profile is bounded: a 40-digit heartbeat_ms crash-looped its agent, and an
+# infinite stop_timeout_s crashed the daemon at its SIGTERM.
+MAX_INT = 1_000_000_000
+MAX_SECONDS = 30 * 24 * 3600.0
+
+
+def _int(lo: int = 0, hi: int = MAX_INT) -> Callable[[Any], int]:
     def check(v: Any) -> int:
-        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-            raise ValueError(f"expected an integer >= {lo}")
+        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+            raise ValueError(f"expected an integer from {lo} to {hi}")
         return v
 
     return check
 
 
-def _num(lo: float = 0.0, strict: bool = False) -> Callable[[Any], float]:
+def _num(lo: float = 0.0, strict: bool = False, hi: float = MAX_SECONDS) -> Callable[[Any], float]:
     def check(v: Any) -> float:
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < lo or (strict and v == lo):
-            raise ValueError(f"expected a number {'>' if strict else '>='} {lo}")
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not lo <= v <= hi \
+                or (strict and v == lo):
+            raise ValueError(f"expected a number {'>' if strict else '>='} {lo:g} and <= {hi:g}")
         return float(v)
 
     return check
@@ -168,9 +177,40 @@ def _dependencies(v: Any) -> tuple[str, ...]:
     return tuple(v)
 
 
-def _mapping(v: Any) -> dict:
+MAX_CONFIG_VALUES = 10_000  # scalars and containers in one agent's config
+MAX_CONFIG_DEPTH = 32
+MAX_CONFIG_BYTES = 64 * 1024  # as the agent receives it (its launch carries it)
+
+
+def _config(v: Any) -> dict:
+    """What the agent will receive: plain data (maps with string keys, lists, strings, numbers, booleans,
+    null), bounded in depth, count and size. YAML's dates, !!binary, sets and self-references are not
+    plain data; a walk that stops at a count is what keeps an alias bomb from hanging the check."""
     if not isinstance(v, dict):
         raise ValueError("expected a mapping")
+    seen = 0
+    stack: list[tuple[Any, int]] = [(v, 0)]
+    while stack:
+        value, depth = stack.pop()
+        seen += 1
+        if seen > MAX_CONFIG_VALUES:
+            raise ValueError(f"more than {MAX_CONFIG_VALUES} values (repeated YAML aliases?)")
+        if depth > MAX_CONFIG_DEPTH:
+            raise ValueError(f"nested deeper than {MAX_CONFIG_DEPTH} levels")
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if not isinstance(key, str):
+                    raise ValueError(f"a key is not a string: {protocol.show(key)}")
+                stack.append((item, depth + 1))
+        elif isinstance(value, list):
+            stack.extend((item, depth + 1) for item in value)
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{value} is not a number an agent can be given")
+        elif value is not None and not isinstance(value, (str, int, float, bool)):
+            raise ValueError(f"not plain data: {type(value).__name__} {protocol.show(value)}")
+    size = len(json.dumps(v, separators=(",", ":")))
+    if size > MAX_CONFIG_BYTES:
+        raise ValueError(f"{size} bytes as JSON, over the {MAX_CONFIG_BYTES}-byte limit")
     return v
 
 
@@ -322,7 +362,7 @@ _AGENT_ONLY: dict[str, Callable[[Any], Any]] = {
     "ready": lambda v: probes.parse(v, health=False),
     "health": lambda v: probes.parse(v, health=True),
     "depends_on": _dependencies,
-    "config": _mapping,
+    "config": _config,
 }
 _TOP_LEVEL = {"name", "extends", "description", "limits", "defaults", "agents"}
 _LIMITS: dict[str, Callable[[Any], Any]] = {"memory_mb": _optional(_int(1))}
@@ -399,8 +439,31 @@ class _Merged:
     agents: dict[str, _RawAgent] = field(default_factory=dict)
 
 
+MAX_PROFILE_BYTES = 1 << 20
+MAX_ALIASES = 100  # *references to anchors: a few are handy; many are an alias bomb
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML's safe loader, counting aliases as it composes: past MAX_ALIASES the file is refused."""
+
+    def __init__(self, stream: str):
+        super().__init__(stream)
+        self.aliases = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            self.aliases += 1
+            if self.aliases > MAX_ALIASES:
+                raise yaml.composer.ComposerError(None, None, f"more than {MAX_ALIASES} aliases (*name)",
+                                                  self.peek_event().start_mark)
+        return super().compose_node(parent, index)
+
+
 def _read_yaml(path: Path, errors: list[str]) -> dict | None:
     try:
+        if path.stat().st_size > MAX_PROFILE_BYTES:
+            errors.append(f"{path}: {path.stat().st_size} bytes, over the {MAX_PROFILE_BYTES}-byte limit of a profile")
+            return None
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         errors.append(f"{path}: cannot read: {exc.strerror}")
@@ -409,7 +472,14 @@ def _read_yaml(path: Path, errors: list[str]) -> dict | None:
         errors.append(f"{path}: not UTF-8 text (byte {exc.start})")
         return None
     try:
-        doc = yaml.safe_load(text)
+        loader = _Loader(text)
+        try:
+            doc = loader.get_single_data()
+        finally:
+            loader.dispose()
+    except RecursionError:
+        errors.append(f"{path}: nested too deeply to read")
+        return None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -465,7 +535,7 @@ def _merge_file(path: Path, errors: list[str], chain: tuple[Path, ...] = (),
         try:
             merged.limits[key] = _LIMITS[key](value)
         except ValueError as exc:
-            errors.append(f"{path}: field 'limits.{key}': {exc}, got {value!r}")
+            errors.append(f"{path}: field 'limits.{key}': {exc}, got {protocol.show(value)}")
 
     defaults = doc.get("defaults", {}) or {}
     if not isinstance(defaults, dict):
@@ -540,7 +610,7 @@ def _convert(where: str, key: str, value: Any, schema: dict, errors: list[str]) 
     if key in _NESTED:
         sub_schema = _NESTED[key][0]
         if not isinstance(value, dict):
-            errors.append(f"{where}: field {key!r}: expected a mapping, got {value!r}")
+            errors.append(f"{where}: field {key!r}: expected a mapping, got {protocol.show(value)}")
             return None
         out = {}
         for sub, v in value.items():
@@ -550,7 +620,7 @@ def _convert(where: str, key: str, value: Any, schema: dict, errors: list[str]) 
             try:
                 out[sub] = sub_schema[sub](v)
             except ValueError as exc:
-                errors.append(f"{where}: field '{key}.{sub}': {exc}, got {v!r}")
+                errors.append(f"{where}: field '{key}.{sub}': {exc}, got {protocol.show(v)}")
         return out
     if key not in schema:
         errors.append(f"{where}: unknown field {key!r}")
@@ -558,7 +628,7 @@ def _convert(where: str, key: str, value: Any, schema: dict, errors: list[str]) 
     try:
         return schema[key](value)
     except ValueError as exc:
-        errors.append(f"{where}: field {key!r}: {exc}, got {value!r}")
+        errors.append(f"{where}: field {key!r}: {exc}, got {protocol.show(value)}")
         return None
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -121,7 +122,7 @@ def test_an_agent_taken_from_another_profile_with_overrides(tmp_path):
     ("  - name: X\n    run: agents.testing:Echo\n    colour: blue\n",
      "agent 'X': unknown field 'colour'"),
     ("  - name: X\n    run: agents.testing:Echo\n    heartbeat_ms: fast\n",
-     "agent 'X': field 'heartbeat_ms': expected an integer >= 10, got 'fast'"),
+     "agent 'X': field 'heartbeat_ms': expected an integer from 10 to 1000000000, got 'fast'"),
     ("  - name: X\n    run: agents.testing:Echo\n    lazy: 1\n",
      "agent 'X': field 'lazy': expected true or false, got 1"),
     ("  - name: X\n    run: agents.testing:Echo\n    backoff: {initial: 5}\n",
@@ -241,3 +242,54 @@ def test_daemon_refuses_to_start_with_a_bad_profile(tmp_path):
     result = run_cli("--profile", str(path), "--runtime-dir", str(tmp_path / "rt"))
     assert result.returncode == 2 and "cannot import 'agents.nowhere'" in result.stderr
     assert not (tmp_path / "rt").exists()
+
+
+# ---- found by attacking it (#11): what --check accepted and the daemon could not run --------------------
+
+def attack(tmp_path, fields: str, header: str = "") -> str:
+    p = tmp_path / "attack.yaml"
+    p.write_text(f"name: a\n{header}agents:\n  - name: X\n    run: agents.testing:Echo\n{fields}")
+    with pytest.raises(ProfileError) as info:
+        load_profile(str(p))
+    assert all("\n" not in e and len(e) < 400 for e in info.value.errors), info.value.errors
+    return " ".join(info.value.errors)
+
+
+@pytest.mark.parametrize("fields, says", [
+    ("    config: {when: 2024-01-01}\n", "not plain data: date"),
+    ("    config: {blob: !!binary aGVsbG8=}\n", "not plain data: bytes"),
+    ("    config: &a {self: *a}\n", "nested deeper than 32"),
+    ("    config: {n: .nan}\n", "nan is not a number"),
+    ("    config: {1: one}\n", "a key is not a string"),
+    ("    config: {big: '" + "x" * 70_000 + "'}\n", "over the 65536-byte limit"),
+    ("    stop_timeout_s: .inf\n", "field 'stop_timeout_s': expected a number > 0"),
+    ("    heartbeat_ms: 1234567890123456789012345678901234567890\n", "expected an integer from 10 to"),
+    ("    start_timeout_s: 1e300\n", "field 'start_timeout_s'"),
+])
+def test_what_the_daemon_cannot_run_is_a_one_line_profile_error(tmp_path, fields, says):
+    assert says in attack(tmp_path, fields)
+
+
+def test_an_alias_bomb_is_refused_at_once_and_quoted_only_in_part(tmp_path):
+    levels = "".join(f"    - &l{i} [*l{i - 1}, *l{i - 1}, *l{i - 1}, *l{i - 1}]\n" for i in range(1, 9))
+    bomb = f"x-bomb:\n    - &l0 [lol, lol]\n{levels}"
+    t0 = time.monotonic()
+    says = attack(tmp_path, "    config: {a: *l8}\n", header=bomb)  # 4^8 x 2 leaves behind 33 aliases
+    assert time.monotonic() - t0 < 2.0 and ("more than 10000 values" in says or "unknown field" in says)
+    t0 = time.monotonic()
+    says = attack(tmp_path, "    heartbeat_ms: *l8\n", header=bomb)  # a wrongly typed field quotes a prefix
+    assert time.monotonic() - t0 < 2.0 and "heartbeat_ms" in says
+    many = "x-a: &a 1\nx-b: [" + ", ".join(["*a"] * 150) + "]\n"
+    assert "more than 100 aliases" in attack(tmp_path, "", header=many)
+
+
+def test_a_file_too_large_or_too_deep_is_one_line(tmp_path):
+    p = tmp_path / "big.yaml"
+    p.write_text("name: big\n# " + "x" * (1 << 20) + "\n")
+    with pytest.raises(ProfileError) as info:
+        load_profile(str(p))
+    assert "over the 1048576-byte limit" in info.value.errors[0]
+    p.write_text("name: deep\nx: " + "[" * 50_000 + "]" * 50_000 + "\n")
+    with pytest.raises(ProfileError) as info:
+        load_profile(str(p))
+    assert "nested too deeply" in info.value.errors[0] or "invalid YAML" in info.value.errors[0]

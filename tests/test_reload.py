@@ -110,6 +110,18 @@ def test_sighup_reloads(start_daemon, profile_file):
     assert pids(d)["A"] == before["A"] and pids(d)["C"] == before["C"]
 
 
+@pytest.mark.parametrize("bad", ["{when: 2024-01-01}", "{blob: !!binary aGVsbG8=}", "&a {self: *a}"])
+def test_a_sighup_with_what_the_daemon_cannot_run_is_refused_and_every_agent_lives(start_daemon, profile_file, bad):
+    # found by attacking it (#11): a YAML date, !!binary or a recursive anchor in config passed --check and
+    # crashed the running daemon at SIGHUP, every agent with it
+    d = start_daemon(profile_file)
+    before = pids(d)
+    profile_file.write_text(PROFILE.replace("{version: 1}", bad))
+    d.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: 'event=reload msg="refused:' in d.log(), 15, what="the reload refused")
+    assert d.proc.poll() is None and pids(d) == before and d.call("B", "echo", 1) == 1
+
+
 def reload_async(d):
     """Reload, and ask for its outcome without waiting for it (it comes when the reload has settled)."""
     client = Client(d.runtime_dir)
