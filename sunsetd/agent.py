@@ -199,9 +199,16 @@ class AgentRuntime:
         error = reply.get("error") or {}
         raise RemoteError(str(error.get("code")), str(error.get("message")))
 
+    def _dropped(self, rid: int) -> dict:
+        """The reply that says a request was dropped unrun: the daemon answered it `timeout` already, and
+        counts it against our max_inflight until it hears we are done with it."""
+        return {"id": rid, "ok": False, "error": {
+            "code": ErrorCode.TIMEOUT.value, "message": f"{self.name} dropped it unrun: its deadline had passed"}}
+
     def _run_handler(self, rid: int, op: str, body: Any, deadline: float) -> None:
         if time.time() > deadline:
-            return  # it waited in our queue past its deadline: the daemon has answered it `timeout`
+            self._post([Inbox.REPLY.value, protocol.pack(self._dropped(rid))])  # it waited past its deadline
+            return
         self.local.deadline = deadline
         try:
             result = {"id": rid, "ok": True, "body": self.agent.dispatch(op, body)}
@@ -260,8 +267,9 @@ class AgentRuntime:
             deadline = body.get("deadline")
             if isinstance(deadline, bool) or not isinstance(deadline, (int, float)):
                 deadline = time.time() + 3600.0
-            elif deadline < time.time():
-                return  # the daemon has already answered it `timeout`; do not spend work on it
+            elif deadline < time.time():  # the daemon has answered it `timeout`: no work, but say so
+                self._send(Kind.REPLY, self._dropped(body["id"]))
+                return
             with self.busy_lock:
                 self.busy += 1
             future = self.pool.submit(self._run_handler, body["id"], str(body.get("op")), body.get("body"), deadline)

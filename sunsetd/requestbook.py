@@ -119,11 +119,15 @@ class _Agent:
     queue: deque[Pending] = field(default_factory=deque)
     inflight: dict[int, Pending] = field(default_factory=dict)  # to any incarnation, orphans included
     orphans: int = 0  # of those, held by an incarnation that is gone (in their grace)
+    # answered `timeout` while an incarnation had them: they still take its room (and its memory) until
+    # it answers late or says it dropped them, or is gone; rid -> incarnation
+    expired: dict[int, int] = field(default_factory=dict)
 
     @property
     def room(self) -> bool:
-        """The ready incarnation may take one more: what a dead one still holds does not count."""
-        return len(self.inflight) - self.orphans < self.view.max_inflight
+        """The ready incarnation may take one more: what a dead one still holds does not count, what a
+        live one still works on does, answered or not."""
+        return len(self.inflight) - self.orphans + len(self.expired) < self.view.max_inflight
 
 
 class RequestBook:
@@ -170,6 +174,8 @@ class RequestBook:
         if agent is None:
             return []
         out: list[Decision] = []
+        for rid in [rid for rid, inc in agent.expired.items() if inc == incarnation]:
+            del agent.expired[rid]  # what it still worked on went with it
         for p in [p for p in agent.inflight.values() if p.incarnation == incarnation]:
             p.lost = description
             if grace_s > 0:
@@ -218,8 +224,11 @@ class RequestBook:
         agent = self._agents.get(name)
         p = agent.inflight.get(rid) if agent is not None else None
         if p is None:
-            if agent is not None and agent.view.incarnation == incarnation:
+            if agent is not None and agent.expired.get(rid) == incarnation:
                 self.counters["late_replies"] += 1  # already answered: its deadline passed
+                return self.dropped(name, incarnation, rid)
+            if agent is not None and agent.view.incarnation == incarnation:
+                self.counters["late_replies"] += 1
             else:
                 self.counters["stale_replies"] += 1  # not from the incarnation that answers now
             return []
@@ -235,6 +244,18 @@ class RequestBook:
         elif not agent.listed:
             self._collect(agent)
         return out
+
+    def dropped(self, name: str, incarnation: int, rid: int) -> list[Decision]:
+        """That incarnation is done with a request that timed out (it answered late, dropped it unrun,
+        or was told to cancel it): its room is free again."""
+        agent = self._agents.get(name)
+        if agent is None or agent.expired.get(rid) != incarnation:
+            return []
+        del agent.expired[rid]
+        if not agent.listed:
+            self._collect(agent)
+            return []
+        return self._flush(agent)
 
     def forward_failed(self, p: Pending, peer_gone: bool) -> list[Decision]:
         """The router could not deliver a Forward: the incarnation's connection is gone (its exit not seen
@@ -307,6 +328,7 @@ class RequestBook:
                         agent.orphans -= 1
                     else:
                         cancel = Cancel(p, p.incarnation)
+                        agent.expired[rid] = p.incarnation
                 else:
                     try:
                         agent.queue.remove(p)
@@ -339,6 +361,7 @@ class RequestBook:
         for agent in self._agents.values():
             agent.queue.clear()
             agent.inflight.clear()
+            agent.expired.clear()
             agent.orphans = 0
         return [self._reply(p, False, None, ErrorCode.SHUTTING_DOWN, SHUTTING_DOWN)
                 for p in list(self.pending.values())]
@@ -422,7 +445,8 @@ class RequestBook:
 
     def _collect(self, agent: _Agent) -> None:
         """A removed agent's entry goes once nothing of it is left."""
-        if not agent.listed and not agent.queue and not agent.inflight and self._agents.get(agent.name) is agent:
+        if not agent.listed and not agent.queue and not agent.inflight and not agent.expired \
+                and self._agents.get(agent.name) is agent:
             del self._agents[agent.name]
 
     @staticmethod

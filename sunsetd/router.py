@@ -96,9 +96,12 @@ class Router:
             if refusal is not None:
                 self.execute(self.book.start_refused(d.agent, refusal))
         elif type(d) is Cancel:
-            # an agent on the agents socket has no cancel frame yet: it finishes, and its reply is late
+            # A Python agent has no cancel frame: it finishes the request (or drops it unrun if it had not
+            # begun) and its late reply frees the room it takes. An MCP server is told, and a cancelled
+            # request is not answered (MCP says so): it is done with it now.
             if self.mcp is not None and d.request.to in self.mcp.names:
                 self.mcp.cancel(d.request, d.incarnation)
+                self.execute(self.book.dropped(d.request.to, d.incarnation, d.request.rid))
 
     def answer(self, p: Pending, body: Any) -> None:
         self.execute(self.book.answer(p.rid, body))

@@ -488,3 +488,23 @@ def test_a_flood_on_the_agents_socket_while_an_agent_exits_does_not_stall_the_lo
     assert "silent" not in d.log()
     assert all(a["state"] == "ready" for a in d.status()["agents"])
     assert d.status()["router"]["stale_replies"] > 10_000
+
+
+def test_timed_out_requests_still_take_their_agents_room_so_max_inflight_bounds_what_it_holds(start_daemon):
+    # found by attacking it (#11): each request that timed out in flight freed its place at once, so the
+    # daemon sent the busy agent more and more (20 -> 384 MB in 5 s): now a place is free again only when
+    # the agent answers late or says it dropped the request unrun
+    d = start_daemon(FAULTS)
+    assert d.agent("Worker")  # max_inflight 1, one handler thread
+    with Client(d.runtime_dir) as c:
+        ids = []
+        for _ in range(40):
+            ids.append(c.send("Worker", "sleep", 0.3, timeout=0.1))
+            time.sleep(0.025)
+        replies = [c.recv(10) for _ in ids]
+    assert not [r for r in replies if r["ok"]]
+    where = [r["error"]["message"].rsplit("(request was ", 1)[-1] if r["error"]["code"] == "timeout"
+             else r["error"]["code"] for r in replies]
+    in_flight, waited = where.count("in flight)"), where.count("queued)") + where.count("overloaded")
+    assert in_flight + waited == 40 and in_flight <= 8, (in_flight, waited)  # before: 40 in flight
+    assert d.call("Worker", "echo", "free again", timeout=5) == "free again"

@@ -131,8 +131,26 @@ def test_deadlines_answer_timeout_saying_where_the_request_was_and_the_queue_mov
     out = book.expire(0.5)
     assert codes(out) == ["timeout"] and "(request was in flight)" in out[0].message
     assert type(out[1]) is Cancel and out[1].request is slow and out[1].incarnation == 1  # it may stop work
-    assert type(out[2]) is Forward and out[2].request.client_id == "next"  # its place in flight is free
-    assert book.replied("A", 1, slow.rid, True, None) == [] and book.counters["late_replies"] == 1
+    assert len(out) == 2  # but until it has, its place in flight is taken (#11: its memory is still used)
+    (late,) = book.replied("A", 1, slow.rid, True, None)  # its late reply: dropped, and the place is free
+    assert type(late) is Forward and late.request.client_id == "next" and book.counters["late_replies"] == 1
+
+
+def test_an_expired_request_takes_its_agents_room_until_the_agent_is_done_with_it_or_gone():
+    # found by attacking it (#11): a timed-out request still sat in the agent while the book sent it more,
+    # so max_inflight did not bound an agent's memory (20 -> 384 MB in 5 s)
+    book = book_with(("A", view(READY, 1, max_inflight=2)))
+    first = [only(book.accept([b"c"], req(cid=i, timeout_ms=100), 0.0), Forward).request for i in range(2)]
+    assert codes(book.expire(0.1)) == ["timeout", "timeout"]
+    assert book.accept([b"c"], req(cid="waits", timeout_ms=5000), 0.2) == []  # queued: no room
+    (forward,) = book.dropped("A", 1, first[0].rid)  # the agent dropped one unrun
+    assert forward.request.client_id == "waits"
+    assert book.dropped("A", 1, first[0].rid) == []  # said twice: nothing more
+    assert book.accept([b"c"], req(cid="later", timeout_ms=5000), 0.3) == []
+    book.update("A", view(COMING))
+    assert codes(book.gone("A", 1, "killed by SIGKILL", 0.4, grace_s=0.0)) == ["agent_crashed"]  # "waits"
+    (again,) = book.update("A", view(READY, 2, max_inflight=2))[:1]  # the new one has all its room
+    assert again.request.client_id == "later"
 
 
 def test_a_timed_out_request_is_cancelled_only_with_the_incarnation_that_holds_it():
