@@ -304,7 +304,8 @@ def main(argv: list[str] | None = None) -> int:
         if daemon is not None and daemon.proc is not None and daemon.proc.poll() is None:
             daemon.proc.kill()
         context.destroy(linger=0)
-        if workdir is not None and exit_code == 0 and not os.environ.get("CHAOS_KEEP"):
+        # kept for inspection after a failure; a usage error (2) has nothing in it worth keeping
+        if workdir is not None and exit_code in (0, 2) and not os.environ.get("CHAOS_KEEP"):
             shutil.rmtree(workdir, ignore_errors=True)
         elif workdir is not None:
             say(f"kept {workdir} (daemon log) for inspection")

@@ -80,6 +80,7 @@ def test_victims_that_match_no_agent_are_a_usage_error():
     result = run_chaos("--profile", str(TEST_PROFILES / "mini.yaml"), "--victims", "nobody.*", "--scenario", "kill",
                        timeout=120)
     assert result.returncode == 2 and "--victims nobody.* matches no agent" in result.stderr
+    assert "kept /tmp/sdc-" not in result.stdout  # nothing to inspect after a usage error
 
 
 # ---- starting from any python --------------------------------------------------------------------------
