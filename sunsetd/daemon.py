@@ -138,7 +138,7 @@ class Daemon:
 
     def _ignored_signal(self, name: str) -> None:
         n = self._ignored_signals[name] = self._ignored_signals.get(name, 0) + 1
-        if n & (n - 1) == 0:
+        if logs.sparse(n):
             logs.event(logs.DAEMON, "signal", f"{name} ignored (by default it would end sunsetd and every agent)",
                        "WARNING", count=n)
 

@@ -79,6 +79,12 @@ def configure(level: str = "INFO", profile: str = "-", journal: bool | None = No
     return "stderr"
 
 
+def sparse(n: int) -> bool:
+    """Whether the n-th of a repeated warning is logged: the 1st, 2nd, 4th, 8th... (a flood of bad input
+    cannot become a flood of log lines, and the count still says how bad it is)."""
+    return n & (n - 1) == 0
+
+
 def event(agent: str, name: str, message: str = "", level: str = "INFO", *,
           incarnation: int | None = None, pid: int | None = None, **fields: Any) -> None:
     """Log one event of `agent`: a short message and key=value fields."""

@@ -205,7 +205,7 @@ class McpChannel:
     @staticmethod
     def _throttled(link: _Link, key: str, message: str) -> None:
         n = link.session.counters.get(key, 0)  # the session counted it
-        if n & (n - 1) == 0:
+        if logs.sparse(n):
             logs.event(link.handle.name, "mcp", message, "WARNING", count=n, incarnation=link.handle.incarnation)
 
     def _info(self, link: _Link) -> dict:

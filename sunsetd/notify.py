@@ -87,6 +87,7 @@ class NotifySocket:
                     raise
         self.address = "@" + name  # as $NOTIFY_SOCKET names an abstract socket
         self.dropped = 0  # datagrams without credentials, or from a stranger
+        self.program_uid = os.getuid()  # the uid its program runs as (the spawner sets it for a `user`)
 
     def fileno(self) -> int:
         return self.sock.fileno()

@@ -251,7 +251,7 @@ class Router:
         key = f"bad_frames_{where}"
         self.counters[key] += 1
         n = self.counters[key]
-        if n & (n - 1) == 0:  # log the 1st, 2nd, 4th, 8th...: a flood of garbage cannot flood the log
+        if logs.sparse(n):
             logs.event(logs.DAEMON, "bad_frame", message, "WARNING", socket=where, count=n)
 
     def _internal_error(self, where: str, what: str = "") -> None:

@@ -364,6 +364,8 @@ class LocalSpawner:
                     error = f"cannot make its NOTIFY_SOCKET: {exc.strerror or exc}"
                     self.timers.call_soon(lambda: self._failed(handle, error))
                     return handle
+                uid = procsettings.uid_of(spec.process)  # looked up once, not per datagram
+                handle.notify.program_uid = -1 if uid is None else uid
                 env["NOTIFY_SOCKET"] = handle.notify.address
                 if spec.ready.watchdog_ms:
                     env["WATCHDOG_USEC"] = str(spec.ready.watchdog_ms * 1000)
@@ -485,16 +487,15 @@ class LocalSpawner:
         if sock is None:
             return
         self._announce(handle)  # its Started comes before anything it says
-        uid = procsettings.uid_of(handle.settings)
         for datagram in sock.receive():
-            mine = notify.believed(datagram.pid, datagram.uid, handle.pid, uid if uid is not None else -1)
+            mine = notify.believed(datagram.pid, datagram.uid, handle.pid, sock.program_uid)
             datagram.close_fds()  # a barrier's: answered (whoever sent it), and nothing of theirs is kept
             if mine:
                 handle.listener(Notified(handle, datagram.fields))
             else:
                 sock.dropped += 1
                 n = sock.dropped
-                if n & (n - 1) == 0:
+                if logs.sparse(n):
                     logs.event(handle.name, "notify", f"dropped a notification from pid {datagram.pid} uid "
                                f"{datagram.uid}: not of the program's session", "WARNING", count=n)
 
