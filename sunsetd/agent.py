@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from sunsetd import protocol
-from sunsetd.protocol import LAUNCH_ENV, ErrorCode, Kind, Launch, ProtocolError, RemoteError
+from sunsetd.protocol import LAUNCH_ENV, SECRET_FD_ENV, ErrorCode, Kind, Launch, ProtocolError, RemoteError
 
 EXIT_SETUP_FAILED = 1
 EXIT_DAEMON_LOST = 3
@@ -133,11 +133,12 @@ class _Waiter:
 class AgentRuntime:
     """The agent process's I/O thread: sockets, heartbeats, dispatch to handler threads, clean stop."""
 
-    def __init__(self, launch: Launch):
+    def __init__(self, launch: Launch, secret: bytes = b""):
         import zmq  # imported here so that `import sunsetd.agent` (run-target checks) stays light
 
         self.zmq = zmq
         self.launch = launch
+        self.secret = secret  # proves to the daemon, in HELLO, that we are the process it started
         self.name = launch.name
         self.incarnation = launch.incarnation
         self.heartbeat_s = launch.heartbeat_ms / 1000.0
@@ -339,7 +340,8 @@ class AgentRuntime:
         self.poller.register(self.sock, zmq.POLLIN)
         self.poller.register(self.inbox, zmq.POLLIN)
         self.poller.register(wakeup_r, zmq.POLLIN)
-        self._send(Kind.HELLO, {"name": self.name, "pid": os.getpid(), "incarnation": self.incarnation})
+        self._send(Kind.HELLO, {"name": self.name, "pid": os.getpid(), "incarnation": self.incarnation,
+                                "secret": self.secret})
         threading.Thread(target=self._run_setup, name="setup", daemon=True).start()
         last_heard = time.monotonic()
         next_beat = last_heard + self.heartbeat_s
@@ -425,7 +427,25 @@ class AgentRuntime:
         os._exit(code)
 
 
-def main() -> int:
+def _inherited_secret() -> bytes:
+    """An exec'd agent's secret: on the pipe whose fd SECRET_FD_ENV names (never in argv or the environment)."""
+    fd = os.environ.pop(SECRET_FD_ENV, None)
+    if fd is None or not fd.isdigit():
+        return b""
+    try:
+        with os.fdopen(int(fd), "rb") as pipe:
+            return pipe.read(4096)
+    except OSError:
+        return b""
+
+
+def main(secret: bytes | None = None) -> int:
+    """The agent process: `secret` comes in memory from the zygote, else on an inherited pipe."""
+    from sunsetd.forkserver import keep_private
+
+    keep_private()  # before the secret is read: nobody of our uid may read our memory
+    if secret is None:
+        secret = _inherited_secret()
     try:
         launch = Launch.decode(os.environ.get(LAUNCH_ENV, ""))
     except ProtocolError as exc:
@@ -438,7 +458,7 @@ def main() -> int:
     setproctitle.setproctitle(launch.title)
     setproctitle.setthreadtitle(launch.name)  # the 15-byte comm (top, pgrep NAME): the agent, not "sunsetd-agent"
     try:
-        runtime = AgentRuntime(launch)
+        runtime = AgentRuntime(launch, secret)
         return runtime.run()
     except Exception:
         traceback.print_exc()

@@ -394,6 +394,9 @@ def build_daemon_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-max-bytes", type=_size, default=10 * 1024 * 1024,
                         help="rotate an agent's log file at this size (bytes, or with K/M/G; default 10M)")
     parser.add_argument("--log-backups", type=_count, default=3, help="rotated files kept per agent (default 3)")
+    parser.add_argument("--dumpable", action="store_true",
+                        help="leave daemon, zygote and agents dumpable (by default no other process of this uid may "
+                             "read their memory; a benchmark reading agents' PSS without root needs this)")
     parser.add_argument("--socket-group", default=os.environ.get("SUNSETD_SOCKET_GROUP") or None,
                         help="let this group use sunsetctl: the runtime directory becomes 0750 and the front and "
                              "events sockets 0660, of this group (the agents socket stays the daemon's own)")
@@ -438,7 +441,11 @@ def daemon_main(argv: list[str] | None = None) -> int:
         print(describe(profile))
         return EXIT_OK
     from sunsetd import rundir
-    from sunsetd.forkserver import ForkServer, ForkServerError
+    from sunsetd.forkserver import DUMPABLE_ENV, ForkServer, ForkServerError, keep_private
+
+    if args.dumpable:
+        os.environ[DUMPABLE_ENV] = "1"  # the zygote and agents read it too
+    keep_private()
 
     runtime_dir = rundir.resolve(args.runtime_dir)
     try:

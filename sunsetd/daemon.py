@@ -21,8 +21,9 @@ import zmq
 
 from loguru import logger
 
-from sunsetd import logs, reload, rundir, runcheck
+from sunsetd import logs, procsettings, reload, rundir, runcheck
 from sunsetd.agentlogs import AgentLogs, LogFiles
+from sunsetd.auth import Authenticator
 from sunsetd.cli import EXIT_OK, EXIT_RUNTIME
 from sunsetd.control import Controller
 from sunsetd.events import EventStream
@@ -331,6 +332,7 @@ class Daemon:
                 self.zygote.close()
             print(f"sunsetd: {exc}", file=sys.stderr)
             return EXIT_RUNTIME
+        procsettings.raise_fd_limit()  # every client connection is a descriptor
         ctx = zmq.Context()
         try:
             return self._serve(ctx)
@@ -366,13 +368,16 @@ class Daemon:
     def _serve(self, ctx: zmq.Context) -> int:
         profile = self.first_profile
         self.book = RequestBook(lambda: self.supervisor.profile.name)
-        self.router = Router(ctx, self.runtime_dir, self.book, self.timers, self.access)
+        self.auth = Authenticator(ctx, self.timers, self.access.gid)  # before any socket it guards
+        self.router = Router(ctx, self.runtime_dir, self.book, self.timers, self.auth, self.access)
         files = None if self.log_dir is None else LogFiles(self.log_dir.path, self.log_dir.max_bytes,
                                                             self.log_dir.backups)
-        self.events = EventStream(ctx, self.runtime_dir, self.access, self.agent_logs, files, self.timers.call_soon)
+        self.events = EventStream(ctx, self.runtime_dir, self.access, self.agent_logs, self.auth, files,
+                                  self.timers.call_soon)
         self.access.open_directory(self.runtime_dir)  # every socket in it has its mode: the group may enter
         self._events_sink = logger.add(self.events.sink, level="INFO", format="{message}")
         self.spawner = self._make_spawner()
+        self.spawner.gate = self.auth
         prober = Prober(self.loop, self.timers, self.spawner.spawn_helper)
         self.router.mcp = mcp = McpChannel(self.book, self.router.execute)
         self.supervisor = Supervisor(profile, self.spawner, self.router, self.timers, self.book, self, prober=prober,
@@ -395,6 +400,9 @@ class Daemon:
             self._watchdog()
         self.loop.watch(self.router.agents, self.router.on_agents_readable, first=True)
         self.loop.watch(self.router.front, self.router.on_front_readable)
+        self.loop.watch(self.auth.sock, self.auth.on_readable)
+        for monitor in self.auth.monitors:
+            self.loop.watch(monitor, self.auth.on_monitor_readable)
         self._wakeup_r, wakeup_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         old_wakeup = signal.set_wakeup_fd(wakeup_w, warn_on_full_buffer=False)
         for sig in HANDLED_SIGNALS:
@@ -402,7 +410,7 @@ class Daemon:
         self.loop.watch(self._wakeup_r, self._on_signal_fd)
         c = profile.counts()
         logs.event(logs.DAEMON, "start", f"profile {profile.name}", agents=c["total"], essential=c["essential"],
-                   lazy=c["lazy"], runtime_dir=str(self.runtime_dir), pid=os.getpid())
+                   lazy=c["lazy"], runtime_dir=str(self.runtime_dir), pid=os.getpid(), max_clients=self.auth.max_clients)
         try:
             self.supervisor.start()
             self._publish_every_second()
@@ -431,6 +439,7 @@ class Daemon:
             logger.remove(self._events_sink)
             self.events.close()
             self.router.close()
+            self.auth.close()
             os.close(self._wakeup_r)
             os.close(wakeup_w)
         logs.event(logs.DAEMON, "exit", "all agents stopped", replies=dict(self.router.replies))

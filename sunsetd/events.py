@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 import zmq
 
-from sunsetd import logs, protocol, rundir
+from sunsetd import auth, logs, protocol, rundir
 from sunsetd.agentlogs import AgentLogs, LogFiles
 from sunsetd.logfmt import event_text
 from sunsetd.protocol import EVENT_TOPIC, LOG_TOPIC
@@ -52,13 +52,15 @@ def record_of(record: dict) -> dict:
 
 class EventStream:
     def __init__(self, ctx: zmq.Context, runtime_dir: Path, access: rundir.Access, agent_logs: AgentLogs,
-                 files: LogFiles | None = None, defer: Callable[[Callable[[], None]], Any] = lambda f: f()):
+                 guard: auth.Authenticator, files: LogFiles | None = None,
+                 defer: Callable[[Callable[[], None]], Any] = lambda f: f()):
         self.agent_logs = agent_logs
         self.files = files
         self.defer = defer  # the loop's call_soon: a sink must not log while loguru is inside it
         self.pub = ctx.socket(zmq.PUB)
         self.pub.setsockopt(zmq.SNDHWM, EVENTS_HWM)
         self.pub.setsockopt(zmq.LINGER, 0)
+        guard.guard(self.pub, auth.CLIENTS)  # the front socket's rule: who may read what sunsetd does
         self.pub.bind(rundir.endpoint(runtime_dir, rundir.EVENTS_SOCKET))
         access.socket(runtime_dir / rundir.EVENTS_SOCKET, shared=True)
         self._thread = threading.get_ident()  # the loop's: a ZeroMQ socket is used from one thread only

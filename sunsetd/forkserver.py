@@ -34,6 +34,7 @@ from sunsetd import procsettings
 from sunsetd.procsettings import ProcessSettings
 
 PR_SET_PDEATHSIG = 1
+PR_SET_DUMPABLE = 4
 PR_SET_CHILD_SUBREAPER = 36
 EXIT_PARENT_GONE = 3  # a child whose daemon died before it could ask to die with it
 SETTINGS_REFUSED = "settings refused: "  # how a zygote's answer says the kernel refused a process setting
@@ -42,6 +43,7 @@ MAX_OUTSTANDING = 16  # fork requests sent and not answered; more wait in the da
 FIRST_ANSWER_S = 10.0  # the first answer waits for the zygote's imports
 ANSWER_S = 5.0
 LAUNCH_ENV = "SUNSETD_LAUNCH"  # sunsetd.protocol.LAUNCH_ENV (not imported: the zygote stays light)
+DUMPABLE_ENV = "SUNSETD_DUMPABLE"  # "1" (sunsetd --dumpable): daemon, zygote and agents stay dumpable
 
 
 def _load_prctl() -> Callable[..., int] | None:
@@ -62,6 +64,15 @@ def become_subreaper() -> bool:
     """Orphaned descendants are reparented to us, not to init: forked agents become our children
     through it, and whatever an agent leaves behind lands here to be killed."""
     return prctl(PR_SET_CHILD_SUBREAPER, 1)
+
+
+def keep_private() -> None:
+    """Not dumpable: no core file, and no other process of our uid may ptrace us or read our memory,
+    environment or descriptors in /proc, where the agents' secrets live. Reset by exec, so each of
+    daemon, zygote and exec'd agent calls it; a forked agent inherits it. SUNSETD_DUMPABLE=1 keeps the
+    default, for a benchmark that reads agents' PSS without root."""
+    if os.environ.get(DUMPABLE_ENV) != "1":
+        prctl(PR_SET_DUMPABLE, 0)
 
 
 def die_with_parent(parent: int) -> None:
@@ -118,6 +129,7 @@ class ForkServer:
                 [self.python, "-m", "sunsetd.forkserver", "--runtime-dir", str(self.runtime_dir),
                  str(theirs.fileno()), str(os.getpid())],
                 pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, env=self.env, close_fds=True)
+            procsettings.inherited_fd_limit(self.proc.pid)  # before its first fork: agents get what sunsetd was given
         except OSError as exc:
             ours.close()
             raise ForkServerError(f"cannot start the zygote: {exc}") from None
@@ -154,8 +166,8 @@ class ForkServer:
             self._seq += 1
             settings = getattr(handle, "settings", None)
             request = json.dumps({"seq": self._seq, "launch": launch.encode(), "title": launch.title,
-                                  "settings": None if settings is None or settings.empty else settings.to_wire()
-                                  }).encode()
+                                  "settings": None if settings is None or settings.empty else settings.to_wire(),
+                                  "secret": getattr(handle, "secret", b"").hex()}).encode()
             try:
                 outputs, write_ends = self.make_pipes()
             except OSError as exc:  # out of file descriptors: this start fails, the zygote is fine
@@ -260,8 +272,9 @@ def _agent_child(request: dict, fds: list[int], control: socket.socket, daemon_p
     from sunsetd.agent import main as agent_main  # pre-imported: only a dictionary lookup here
 
     sys.argv = ["sunsetd.agent", str(request["title"])]
+    secret = bytes.fromhex(request.get("secret") or "")  # in memory only: never the environment or argv
     try:
-        code = agent_main()
+        code = agent_main(secret)
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
     sys.stdout.flush()
@@ -323,6 +336,7 @@ def _runtime_dir_of(argv: list[str]) -> str:
 def main() -> None:
     control_fd, daemon_pid = int(sys.argv[-2]), int(sys.argv[-1])
     die_with_parent(daemon_pid)
+    keep_private()  # its children inherit it: agents' memory holds their secrets
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C is the daemon's to handle
     # What every agent needs, imported once here instead of in every agent (about 80 ms each).
     import msgpack  # noqa: F401

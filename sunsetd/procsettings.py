@@ -239,6 +239,39 @@ def _gid(group: str) -> int | None:
 
 # ---- in the child ---------------------------------------------------------------------------------------
 
+_INHERITED_NOFILE: tuple[int, int] | None = None  # the fd limit sunsetd was given, before it raised its own
+
+
+def raise_fd_limit() -> tuple[int, int]:
+    """Raise the daemon's soft RLIMIT_NOFILE to its hard limit (each client connection is a descriptor;
+    1024 is a terminal's usual soft limit). Children get back what sunsetd was given (`inherited_fd_limit`):
+    a program that uses select() breaks past 1024. Returns (before, now)."""
+    import resource
+
+    global _INHERITED_NOFILE
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if _INHERITED_NOFILE is None:
+        _INHERITED_NOFILE = (soft, hard)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (OSError, ValueError):
+            return soft, soft
+    return soft, hard
+
+
+def inherited_fd_limit(pid: int = 0) -> None:
+    """Give a child (this process after a fork, or `pid`) the fd limit sunsetd was given."""
+    if _INHERITED_NOFILE is None:
+        return
+    import resource
+
+    try:
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, _INHERITED_NOFILE)
+    except (OSError, ValueError):
+        pass
+
+
 def apply(s: ProcessSettings) -> None:
     """Give this (child) process the settings. Raises OSError saying which one the kernel refused."""
     import resource

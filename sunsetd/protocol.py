@@ -224,6 +224,7 @@ def parse_routing_id(rid: bytes) -> tuple[str, int] | None:
 # ---- the launch contract ------------------------------------------------------------------------------
 LAUNCH_VERSION = 1
 LAUNCH_ENV = "SUNSETD_LAUNCH"  # where a spawner puts the encoded Launch for the agent runtime
+SECRET_FD_ENV = "SUNSETD_SECRET_FD"  # an exec'd agent's inherited pipe holding its secret (DESIGN §9)
 _ENDPOINT_SCHEMES = ("ipc://", "tcp://")
 
 

@@ -65,6 +65,7 @@ class Pending:
     incarnation: int = 0  # in flight to this incarnation; 0 while queued
     orphaned_until: float | None = None  # its incarnation is gone; a last reply may still come until then
     lost: str = ""  # how that incarnation ended
+    origin: Any = None  # the client's connection, opaque here: the router asks whether it is still there
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,9 +189,9 @@ class RequestBook:
         return out
 
     # ---- requests (events from the router)
-    def accept(self, envelope: list[bytes], request: Request, now: float) -> list[Decision]:
+    def accept(self, envelope: list[bytes], request: Request, now: float, origin: Any = None) -> list[Decision]:
         p = Pending(next(self._ids), envelope, request.id, request.to, request.op, request.body,
-                    now + request.timeout_ms / 1000.0, now, request.retry, UNKNOWN_LABEL)
+                    now + request.timeout_ms / 1000.0, now, request.retry, UNKNOWN_LABEL, origin=origin)
         self.pending[p.rid] = p
         self._arm(p)  # first: whatever happens next, the deadline answers it
         if request.to == CONTROL_TARGET:

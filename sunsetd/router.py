@@ -6,6 +6,11 @@ the control handlers, lazy starts to whoever starts agents. A frame from an agen
 REPLY goes to the book, HELLO, READY and HEARTBEAT to the supervisor. It decides nothing itself and
 never blocks: every send is NOBLOCK with ROUTER_MANDATORY, and a failed send goes back to the book.
 It reads a socket only when the event loop says it is readable, at most BATCH messages at a time.
+
+Who may connect is the authenticator's to say (sunsetd.auth); what a connection may say is checked here:
+a frame on the agents socket counts only under the routing id its connection was admitted as, and only
+after that incarnation's HELLO carried its secret; a reply goes to a client only while the connection
+that asked is still there.
 """
 from __future__ import annotations
 
@@ -17,7 +22,7 @@ from typing import Any, Callable
 
 import zmq
 
-from sunsetd import logs, protocol, rundir
+from sunsetd import auth, logs, protocol, rundir
 from sunsetd.protocol import ErrorCode, Kind, ProtocolError
 from sunsetd.requestbook import Cancel, Control, Decision, Forward, Pending, Reply, RequestBook, StartAgent
 from sunsetd.timers import Timer, Timers
@@ -27,8 +32,10 @@ NOBLOCK = int(zmq.NOBLOCK)  # a plain int: pyzmq spends more on its flag enums t
 FRONT_SNDHWM = 10_000  # replies buffered for a client that reads slowly, before they count as undeliverable
 
 
-def _router_socket(ctx: zmq.Context, runtime_dir: Path, name: str, access: rundir.Access, shared: bool) -> zmq.Socket:
+def _router_socket(ctx: zmq.Context, runtime_dir: Path, name: str, access: rundir.Access, shared: bool,
+                   guard: auth.Authenticator) -> zmq.Socket:
     sock = ctx.socket(zmq.ROUTER)
+    guard.guard(sock, auth.CLIENTS if shared else auth.AGENTS)
     # Without ROUTER_MANDATORY a message to a gone or full peer vanishes silently; with it we learn
     # EHOSTUNREACH or EAGAIN and the book decides what the request gets.
     sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
@@ -40,13 +47,30 @@ def _router_socket(ctx: zmq.Context, runtime_dir: Path, name: str, access: rundi
     return sock
 
 
+def _user_id(frame: zmq.Frame) -> bytes | None:
+    """The User-Id the authenticator gave the connection a message came from."""
+    try:
+        return frame.get("User-Id").encode()
+    except zmq.ZMQError:
+        return None
+
+
+def _origin(frame: zmq.Frame) -> tuple[int, int] | None:
+    """The client connection a request came from: (its fd, when it was admitted)."""
+    try:
+        return frame.get(zmq.SRCFD), int(frame.get("User-Id"))
+    except (zmq.ZMQError, ValueError):
+        return None
+
+
 class Router:
     def __init__(self, ctx: zmq.Context, runtime_dir: Path, book: RequestBook, timers: Timers,
-                 access: rundir.Access = rundir.Access()):
+                 guard: auth.Authenticator, access: rundir.Access = rundir.Access()):
         self.book = book
         self.timers = timers
-        self.front = _router_socket(ctx, runtime_dir, rundir.FRONT_SOCKET, access, shared=True)
-        self.agents = _router_socket(ctx, runtime_dir, rundir.AGENTS_SOCKET, access, shared=False)
+        self.auth = guard
+        self.front = _router_socket(ctx, runtime_dir, rundir.FRONT_SOCKET, access, True, guard)
+        self.agents = _router_socket(ctx, runtime_dir, rundir.AGENTS_SOCKET, access, False, guard)
         self.replies: Counter[str] = Counter()  # "ok" or error code -> replies sent
         self.counters: Counter[str] = Counter()  # bad frames, unknown peers, undeliverable replies, ...
         # where the decisions that are not the router's own go (set by the daemon)
@@ -138,12 +162,16 @@ class Router:
         self.replies[code] += 1
         if self.on_reply is not None:
             self.on_reply(p.label, code, self.timers.now() - p.received_at)
-        self._send_front_frame(p.envelope, frame)
+        self._send_front_frame(p.envelope, frame, p.origin)
 
-    def _send_front(self, envelope: list[bytes], reply: dict) -> None:
-        self._send_front_frame(envelope, protocol.pack(reply))
+    def _send_front(self, envelope: list[bytes], reply: dict, origin: Any) -> None:
+        self._send_front_frame(envelope, protocol.pack(reply), origin)
 
-    def _send_front_frame(self, envelope: list[bytes], frame: bytes) -> None:
+    def _send_front_frame(self, envelope: list[bytes], frame: bytes, origin: Any) -> None:
+        if origin is not None and self.auth.client_gone(origin):
+            # the routing id may be someone else's by now: what was owed to the client that left is dropped
+            self.counters["replies_to_gone_clients"] += 1
+            return
         try:
             self.front.send_multipart(envelope + [frame], flags=NOBLOCK)
         except zmq.ZMQError:  # EHOSTUNREACH (client gone) or EAGAIN (client not reading)
@@ -166,22 +194,24 @@ class Router:
         self._wall_offset = time.time() - self.timers.now()
         for _ in range(BATCH):
             try:
-                frames = self.front.recv_multipart(NOBLOCK, copy=True)
+                first = self.front.recv(NOBLOCK, copy=False)
             except zmq.Again:
                 return
             try:
-                self._on_front_message(frames)
+                frames = [first.bytes] + (self.front.recv_multipart(NOBLOCK) if first.more else [])
+                self._on_front_message(frames, _origin(first))
             except Exception:  # a bug of ours must not let one frame take the daemon and its agents down
                 self._internal_error("front")
 
-    def _on_front_message(self, frames: list[bytes]) -> None:
+    def _on_front_message(self, frames: list[bytes], origin: Any = None) -> None:
         if len(frames) < 2:
             self._bad_frame("front", "a message with no payload frame")
             return
         envelope, payload = frames[:-1], frames[-1]
         if any(envelope[1:]):
             self._bad_frame("front", "request must be one frame, after an optional empty delimiter")
-            self._refuse(envelope[:1], None, "request must be one msgpack frame (after an optional empty delimiter)")
+            self._refuse(envelope[:1], None, "request must be one msgpack frame (after an optional empty delimiter)",
+                         origin)
             return
         msg = None
         try:
@@ -189,23 +219,29 @@ class Router:
             request = protocol.parse_request(msg)
         except ProtocolError as exc:
             self._bad_frame("front", str(exc))
-            self._refuse(envelope, protocol.request_id_of(msg), str(exc))
+            self._refuse(envelope, protocol.request_id_of(msg), str(exc), origin)
             return
-        self.execute(self.book.accept(envelope, request, self.timers.now()))
+        self.execute(self.book.accept(envelope, request, self.timers.now(), origin))
 
-    def _refuse(self, envelope: list[bytes], client_id: Any, message: str) -> None:
+    def _refuse(self, envelope: list[bytes], client_id: Any, message: str, origin: Any) -> None:
         """A frame that is not a request is never accepted, so it is not the book's: answered here."""
         self.replies[ErrorCode.BAD_REQUEST.value] += 1
-        self._send_front(envelope, protocol.error_reply(client_id, ErrorCode.BAD_REQUEST, message))
+        self._send_front(envelope, protocol.error_reply(client_id, ErrorCode.BAD_REQUEST, message), origin)
 
     # ---- agents socket
     def on_agents_readable(self) -> None:
         for _ in range(BATCH):
             try:
-                frames = self.agents.recv_multipart(NOBLOCK)
+                first = self.agents.recv(NOBLOCK, copy=False)
             except zmq.Again:
                 return
             try:
+                frames = [first.bytes] + (self.agents.recv_multipart(NOBLOCK) if first.more else [])
+                if _user_id(first) != frames[0]:
+                    # a child of ours that claims another incarnation's routing id: it speaks for itself alone
+                    self._dropped("impostor_frames", f"a frame under {frames[0][:64]!r} from a connection admitted "
+                                  f"as {_user_id(first)!r}")
+                    continue
                 self._on_agent_message(frames)
             except Exception:
                 self._internal_error("agents")
@@ -230,6 +266,13 @@ class Router:
         except ProtocolError as exc:
             self._bad_frame("agents", f"from {frames[0].decode(errors='replace')}: {exc}")
             return
+        if kind is Kind.HELLO:
+            if not self.auth.hello(frames[0], body.get("secret") if isinstance(body, dict) else None):
+                self._dropped("unproven_hellos", f"a HELLO from {frames[0].decode()} without its incarnation's secret")
+                return
+        elif frames[0] not in self.auth.proven:
+            self._dropped("unproven_frames", f"a {kind.name} from {frames[0].decode()} before its HELLO")
+            return
         if kind is Kind.REPLY:
             self.execute(self.book.replied(name, incarnation, rid, ok, value))
         else:
@@ -247,6 +290,12 @@ class Router:
             return False
 
     # ---- bad input
+    def _dropped(self, key: str, message: str) -> None:
+        self.counters[key] += 1
+        n = self.counters[key]
+        if logs.sparse(n):
+            logs.event(logs.DAEMON, "dropped", message, "WARNING", count=n)
+
     def _bad_frame(self, where: str, message: str) -> None:
         key = f"bad_frames_{where}"
         self.counters[key] += 1

@@ -22,7 +22,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Any, Callable, Protocol
 
 import psutil
 
@@ -32,7 +32,7 @@ from sunsetd.loop import WRITABLE
 from sunsetd.notify import NotifySocket
 from sunsetd.procsettings import ProcessSettings
 from sunsetd.profile import AgentSpec
-from sunsetd.protocol import LAUNCH_ENV, Launch, routing_id
+from sunsetd.protocol import LAUNCH_ENV, SECRET_FD_ENV, Launch, routing_id
 from sunsetd.timers import Timer, Timers
 
 MAX_LINE = 16 * 1024  # a longer line is cut, so one agent cannot make the daemon buffer without bound
@@ -263,6 +263,7 @@ class LocalHandle:
         self.settings = ProcessSettings()  # its environment, user, directory and limits (the spawn's)
         self.input: InputPipe | None = None  # its stdin, when it speaks a protocol there (MCP)
         self.notify: NotifySocket | None = None  # its NOTIFY_SOCKET, when its readiness is sd_notify
+        self.secret = b""  # a Python agent's proof, in HELLO, that it is this process (sunsetd.auth)
         self._early_signals: list[int] = []
 
     def __repr__(self) -> str:
@@ -338,6 +339,7 @@ class LocalSpawner:
             logs.event(logs.DAEMON, "spawner", "cannot become a child subreaper: orphans of agents escape to init",
                        "WARNING")
         self.handles: dict[int, LocalHandle] = {}  # pid -> handle, until reaped
+        self.gate: Any = None  # the authenticator (sunsetd.auth): told each agent's secret and pid
         self._timers: list[Timer] = [timers.call_later(SAMPLE_INTERVAL_S, self._sample),
                                      timers.call_later(SWEEP_INTERVAL_S, self._sweep)]
         self.closed = False
@@ -396,17 +398,33 @@ class LocalSpawner:
         return False
 
     # ---- making processes
+    def _issue_secret(self, handle: LocalHandle) -> None:
+        if self.gate is not None:
+            handle.secret = self.gate.issue(routing_id(handle.name, handle.incarnation))
+
     def _start_agent(self, handle: LocalHandle, launch: Launch) -> None:
         env = {**self.env, **handle.settings.environment(), LAUNCH_ENV: launch.encode()}
         if handle.settings.cwd is not None:  # run targets stay importable from the daemon's directory, as forked
             env["PYTHONPATH"] = os.pathsep.join(p for p in (os.getcwd(), env.get("PYTHONPATH")) if p)
+        self._issue_secret(handle)
+        try:  # its secret on a pipe it inherits: never in argv or the environment, which others may read
+            secret_r, secret_w = os.pipe2(os.O_CLOEXEC)
+        except OSError as exc:
+            error = f"cannot make its secret's pipe: {exc.strerror or exc}"
+            self.timers.call_soon(lambda: self._failed(handle, error))
+            return
+        os.write(secret_w, handle.secret)  # 32 bytes: far below a pipe's buffer
+        os.close(secret_w)
+        env[SECRET_FD_ENV] = str(secret_r)
         self._exec(handle, [self.python, "-m", "sunsetd.agent", launch.title, "--runtime-dir", str(self.runtime_dir)],
-                   env, handle.settings)
+                   env, handle.settings, pass_fds=(secret_r,))
 
     def _exec(self, handle: LocalHandle, argv: list[str], env: dict,
-              settings: ProcessSettings = ProcessSettings(), speaks_on_stdio: bool = False) -> None:
+              settings: ProcessSettings = ProcessSettings(), speaks_on_stdio: bool = False,
+              pass_fds: tuple[int, ...] = ()) -> None:
         """Never raises: a process that cannot be made is a SpawnFailed event, like any other news.
-        One that `speaks_on_stdio` gets a pipe for its stdin, and its stdout lines may be long."""
+        One that `speaks_on_stdio` gets a pipe for its stdin, and its stdout lines may be long.
+        `pass_fds` are inherited by the child and closed here."""
         in_r = in_w = None
         try:
             outputs, (out_w, err_w) = _pipes(MAX_MESSAGE_LINE if speaks_on_stdio else MAX_LINE)
@@ -418,19 +436,22 @@ class LocalSpawner:
                         os.close(fd)
                     raise
         except OSError as exc:
+            for fd in pass_fds:
+                os.close(fd)
             error = f"cannot make its output pipes: {exc.strerror or exc}"
             self.timers.call_soon(lambda: self._failed(handle, error))
             return
         parent = self.pid
 
         def in_child() -> None:
+            procsettings.inherited_fd_limit()  # what sunsetd was given, before it raised its own
             procsettings.apply(settings)  # limits and nice while still root, then the user, then the directory
             die_with_parent(parent)  # after the user: a change of credentials clears the parent-death signal
 
         try:
             popen = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL if in_r is None else in_r, stdout=out_w, stderr=err_w, env=env,
-                close_fds=True,
+                close_fds=True, pass_fds=pass_fds,
                 start_new_session=True,  # its own session and process group: signals reach all of it, never us
                 preexec_fn=in_child)
         except (OSError, subprocess.SubprocessError) as exc:
@@ -445,6 +466,8 @@ class LocalSpawner:
             os.close(err_w)
             if in_r is not None:
                 os.close(in_r)
+            for fd in pass_fds:
+                os.close(fd)
         if in_w is not None:
             handle.input = InputPipe(in_w, self.fds)
         self._started(handle, popen.pid, outputs, popen)
@@ -455,6 +478,8 @@ class LocalSpawner:
         """The process exists: watch its exit and its output, and deliver signals asked for meanwhile."""
         handle.pid, handle.popen, handle.outputs = pid, popen, outputs
         handle.started_at = self.timers.now()
+        if handle.secret and self.gate is not None:
+            self.gate.admit(pid, routing_id(handle.name, handle.incarnation))  # its connection will be admitted
         try:
             handle.pidfd = os.pidfd_open(pid)
         except OSError:  # gone and reaped already: impossible for our child, but never leave it unwatched
@@ -477,8 +502,13 @@ class LocalSpawner:
             handle.announced = True
             handle.listener(Started(handle))
 
+    def _forget(self, handle: LocalHandle) -> None:
+        if handle.secret and self.gate is not None:
+            self.gate.forget(handle.pid, routing_id(handle.name, handle.incarnation))
+
     def _failed(self, handle: LocalHandle, error: str) -> None:
         handle.reaped = True
+        self._forget(handle)
         self._close_notify(handle)
         handle.listener(SpawnFailed(handle, error))
 
@@ -535,6 +565,7 @@ class LocalSpawner:
         handle.close_input()
         code = self._reap(handle)
         handle.reaped = True
+        self._forget(handle)
         self.handles.pop(handle.pid, None)
         for fd in list(handle.outputs):
             for _ in range(64):  # what it wrote before dying, bounded: a grandchild may hold the pipe open
@@ -686,6 +717,7 @@ class ForkSpawner(LocalSpawner):
         if self.server is None:
             super()._start_agent(handle, launch)
             return
+        self._issue_secret(handle)
         self.server.submit(handle, launch)
 
     def _on_forked(self, handle: LocalHandle, pid: int, outputs: dict[int, tuple[str, LineReader]]) -> None:

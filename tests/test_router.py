@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import zmq
 
+from sunsetd.auth import Authenticator
 from sunsetd.protocol import Request
 from sunsetd.requestbook import AgentView, Availability, Pending, RequestBook
 from sunsetd.router import Router
@@ -30,7 +31,9 @@ def test_a_long_queue_behind_a_full_pipe_is_answered_without_exhausting_the_stac
     # queued requests took the daemon down with a RecursionError, 147 of them never answered
     ctx = zmq.Context()
     book = RequestBook()
-    router = Router(ctx, tmp_path, book, Timers())
+    timers = Timers()
+    guard = Authenticator(ctx, timers)
+    router = Router(ctx, tmp_path, book, timers, guard)
     try:
         router.mcp = FullServer(book)
         book.update("srv", AgentView(Availability.COMING, max_queue=5000))
@@ -41,4 +44,5 @@ def test_a_long_queue_behind_a_full_pipe_is_answered_without_exhausting_the_stac
         assert not [k for k in router.counters if k.startswith("internal_errors")]  # none on the way
     finally:
         router.close()
+        guard.close()
         ctx.term()
