@@ -52,6 +52,7 @@ class Echo(Agent):
                 "uid": os.getuid(), "gid": os.getgid(), "groups": sorted(os.getgroups()),
                 "nofile": list(resource.getrlimit(resource.RLIMIT_NOFILE)),
                 "as": list(resource.getrlimit(resource.RLIMIT_AS)), "core": list(resource.getrlimit(resource.RLIMIT_CORE)),
+                "dumpable": ctypes.CDLL(None).prctl(3, 0, 0, 0, 0) == 1,  # PR_GET_DUMPABLE
                 "env": {name: os.environ.get(name) for name in (body or [])}}
 
     def handle_sleep(self, body: Any) -> float:
@@ -84,6 +85,30 @@ class Echo(Agent):
 
     def handle_crash(self, body: Any) -> None:
         os._exit(int(body or 1))
+
+    def handle_impersonate(self, body: Any) -> int:
+        """A compromised agent: from this process (admitted as this incarnation), a second connection to
+        the agents socket under routing id `body` sends HELLO, READY, HEARTBEAT and a forged REPLY to
+        request id 1. Returns the frames sent."""
+        import msgpack
+        import zmq
+
+        from sunsetd.protocol import LAUNCH_ENV, Launch
+
+        launch = Launch.decode(os.environ[LAUNCH_ENV])
+        sock = zmq.Context.instance().socket(zmq.DEALER)
+        sock.setsockopt(zmq.IDENTITY, str(body).encode())
+        sock.setsockopt(zmq.LINGER, 2000)
+        sock.connect(launch.agents_endpoint)
+        name, _, incarnation = str(body).partition("#")
+        frames = [[b"HELLO", msgpack.packb({"name": name, "pid": os.getpid(), "incarnation": int(incarnation or 1),
+                                            "secret": b"\0" * 32})],
+                  [b"READY", msgpack.packb({})], [b"HEARTBEAT"],
+                  [b"REPLY", msgpack.packb({"id": 1, "ok": True, "body": "forged"})]]
+        for f in frames:
+            sock.send_multipart(f)
+        sock.close()
+        return len(frames)
 
     def handle_alloc(self, body: Any) -> int:
         """Hold `body` more MiB (touched, so they count in RSS)."""

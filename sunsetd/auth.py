@@ -75,8 +75,23 @@ def peer_credentials(address: bytes) -> tuple[int, int, int] | None:
     return (uid, gid, pid) if pid > 0 else None
 
 
-def groups_of(pid: int) -> set[int]:
-    """The supplementary groups of a live process (empty when it is gone)."""
+def _uids_hidden() -> int | None:
+    """The overflow uid, when we run in a user namespace that does not map every uid (systemd's
+    PrivateUsers=yes maps root and the service's own): other users then all look like it, and their
+    groups cannot be known. None when every uid is visible."""
+    try:
+        with open("/proc/self/uid_map") as f:
+            if f.read().split() == ["0", "0", "4294967295"]:
+                return None
+        with open("/proc/sys/kernel/overflowuid") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return None
+
+
+def groups_of(pid: int, uid: int, gid: int) -> set[int]:
+    """The supplementary groups of a process: its own, from /proc; else (ProtectProc=invisible hides
+    other users' processes from a systemd service) those the user database gives its uid."""
     try:
         with open(f"/proc/{pid}/status", "rb") as f:
             for line in f:
@@ -84,7 +99,12 @@ def groups_of(pid: int) -> set[int]:
                     return {int(g) for g in line.split()[1:]}
     except (OSError, ValueError):
         pass
-    return set()
+    import pwd
+
+    try:
+        return set(os.getgrouplist(pwd.getpwuid(uid).pw_name, gid))
+    except (KeyError, OSError):
+        return set()
 
 
 class Authenticator:
@@ -93,6 +113,7 @@ class Authenticator:
         self.timers = timers
         self.euid = os.geteuid()
         self.operator_gid = operator_gid
+        self.hidden_uid = _uids_hidden()
         self.max_clients = client_limit() if max_clients is None else max_clients
         seed_peer_numbers()
         self.sock = ctx.socket(zmq.ROUTER)
@@ -258,8 +279,11 @@ class Authenticator:
             self._refuse(request, "no credentials", "a client connection with no peer credentials")
             return
         uid, gid, pid = cred
-        allowed = uid in (self.euid, 0) or (self.operator_gid is not None and
-                                             (gid == self.operator_gid or self.operator_gid in groups_of(pid)))
+        allowed = uid in (self.euid, 0) or (self.operator_gid is not None and (
+            gid == self.operator_gid or self.operator_gid in groups_of(pid, uid, gid)
+            # under PrivateUsers=yes every other user looks like the overflow uid: what admitted it is the
+            # kernel's check of the socket's group mode, the one check left that can know its groups
+            or uid == self.hidden_uid))
         if not allowed:
             self._refuse(request, "not allowed", f"a client connection from {self._who(cred)}: not sunsetd's "
                          "uid, root, or a member of its --socket-group")

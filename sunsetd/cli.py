@@ -394,6 +394,9 @@ def build_daemon_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-max-bytes", type=_size, default=10 * 1024 * 1024,
                         help="rotate an agent's log file at this size (bytes, or with K/M/G; default 10M)")
     parser.add_argument("--log-backups", type=_count, default=3, help="rotated files kept per agent (default 3)")
+    parser.add_argument("--max-clients", type=_count, default=None,
+                        help="front and events connections open at once; more are refused with a log line "
+                             "(default 4096, fewer when the fd limit leaves less room)")
     parser.add_argument("--dumpable", action="store_true",
                         help="leave daemon, zygote and agents dumpable (by default no other process of this uid may "
                              "read their memory; a benchmark reading agents' PSS without root needs this)")
@@ -481,7 +484,8 @@ def daemon_main(argv: list[str] | None = None) -> int:
         return _profile_errors(args.profile, errors)
     logs.configure(args.log_level, profile.name, journal={"auto": None, "journal": True, "stderr": False}[args.log_to])
     log_dir = None if args.log_dir is None else LogDir(Path(args.log_dir), args.log_max_bytes, args.log_backups)
-    return Daemon(profile, runtime_dir, args.profile, metrics_addr, args.spawner, zygote, access, log_dir).run()
+    return Daemon(profile, runtime_dir, args.profile, metrics_addr, args.spawner, zygote, access, log_dir,
+                  max_clients=args.max_clients).run()
 
 
 if __name__ == "__main__":

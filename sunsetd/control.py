@@ -310,7 +310,8 @@ class Controller:
             "memory": {"budget_mb": sup.profile.memory_mb, "used_mb": sup.memory_used_mb()},
             "agents": [self.agent_status(name, now, fresh_rss) for name in sup.slots],
             "router": {"pending": len(self.book.pending), "replies": dict(self.router.replies),
-                       **self.router.counters, **self.book.counters, **sup.counters},
+                       "clients": self.router.auth.connections, "max_clients": self.router.auth.max_clients,
+                       **self.router.counters, **self.router.auth.counters, **self.book.counters, **sup.counters},
         }
         status.update(self.daemon.extra_status())
         return status

@@ -83,7 +83,8 @@ HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP,
 class Daemon:
     def __init__(self, profile: Profile, runtime_dir: Path, profile_arg: str | None = None,
                  metrics_addr: tuple[str, int] | None = None, spawner: str = "fork", zygote: ForkServer | None = None,
-                 access: rundir.Access = rundir.Access(), log_dir: LogDir | None = None):
+                 access: rundir.Access = rundir.Access(), log_dir: LogDir | None = None,
+                 max_clients: int | None = None):
         self.profile_arg = profile_arg or str(profile.path)  # what a reload reads again
         self.runtime_dir = runtime_dir
         self.first_profile = profile
@@ -99,6 +100,7 @@ class Daemon:
         self.zygote = zygote  # started by the command line before the daemon's imports, or None
         self.access = access
         self.log_dir = log_dir
+        self.max_clients = max_clients  # None: auth.client_limit()
         self.agent_logs = AgentLogs()
         self.status_timer: Timer | None = None
         self.stop_budget_s = 0.0
@@ -368,7 +370,7 @@ class Daemon:
     def _serve(self, ctx: zmq.Context) -> int:
         profile = self.first_profile
         self.book = RequestBook(lambda: self.supervisor.profile.name)
-        self.auth = Authenticator(ctx, self.timers, self.access.gid)  # before any socket it guards
+        self.auth = Authenticator(ctx, self.timers, self.access.gid, self.max_clients)  # before any socket it guards
         self.router = Router(ctx, self.runtime_dir, self.book, self.timers, self.auth, self.access)
         files = None if self.log_dir is None else LogFiles(self.log_dir.path, self.log_dir.max_bytes,
                                                             self.log_dir.backups)

@@ -154,6 +154,11 @@ IN stat -c '%U %G %a' /run/sunsetd | grep -q '^sunsetd sunsetd 750$' && ok "runt
 modes=$(IN stat -c '%n %U %G %a' /run/sunsetd/sunsetd.sock /run/sunsetd/events.sock /run/sunsetd/agents.sock 2>&1 | tr '\n' ';')
 [ "$modes" = "/run/sunsetd/sunsetd.sock sunsetd sunsetd 660;/run/sunsetd/events.sock sunsetd sunsetd 660;/run/sunsetd/agents.sock sunsetd sunsetd 600;" ] \
   && ok "sockets: front and events 0660 group sunsetd, agents 0600" || bad "socket modes: $modes"
+# not dumpable: the kernel gives a non-dumpable process's /proc files to root, out of reach of its own uid
+zyg=$(IN pgrep -u sunsetd -f '^sunsetd-zygote ' | head -1); ag=$(agent_pids | head -1)
+owners=$(IN stat -c '%U' /proc/"$(mainpid sunsetd)"/environ /proc/"$zyg"/environ /proc/"$ag"/environ 2>&1 | tr '\n' ' ')
+[ "$owners" = "root root root " ] && ok "daemon, zygote and agents not dumpable (their /proc files are root's)" \
+  || bad "dumpable: /proc owners of daemon, zygote, agent: $owners"
 IN python3 -c 'import urllib.request as u; print(u.urlopen("http://127.0.0.1:9464/health").read().decode())' \
   | grep -q '"healthy": true' \
   && ok "/health on 127.0.0.1:9464 says healthy" || bad "/health not healthy"
@@ -227,7 +232,8 @@ IN systemctl reset-failed sunsetd@typo
 info "operators: alice in group sunsetd, bob not"
 IN useradd -M -G sunsetd alice && IN useradd -M bob
 out=$(AS 30 alice sunsetctl status 2>&1); rc=$?
-[ $rc = 0 ] && ok "alice (group sunsetd): sunsetctl status: exit 0" || { bad "alice: sunsetctl status exit $rc"; echo "$out" | tail -5; }
+[ $rc = 0 ] && ok "alice (group sunsetd): sunsetctl status: exit 0" || { bad "alice: sunsetctl status exit $rc"; echo "$out" | tail -5
+  IN journalctl -u sunsetd --no-pager -o cat -n 25; }
 [ "$(AS 30 alice sunsetctl call ServiceRegistry ping 2>&1)" = '"pong"' ] && ok "alice: sunsetctl call ServiceRegistry ping" || bad "alice: call failed"
 out=$(AS 60 bob sunsetctl status 2>&1); rc=$?
 if [ $rc != 0 ] && [ $rc != 124 ] && ! echo "$out" | grep -q Traceback; then ok "bob: sunsetctl status exit $rc, no traceback: $(echo "$out" | tail -1)"
