@@ -309,7 +309,8 @@ class Controller:
             "counts": sup.counts(),
             "memory": {"budget_mb": sup.profile.memory_mb, "used_mb": sup.memory_used_mb()},
             "agents": [self.agent_status(name, now, fresh_rss) for name in sup.slots],
-            "router": {"pending": len(self.book.pending), "replies": dict(self.router.replies),
+            "router": {"pending": len(self.book.pending), "held_bytes": self.book.held_bytes,
+                       "replies": dict(self.router.replies),
                        "clients": self.router.auth.connections, "max_clients": self.router.auth.max_clients,
                        **self.router.counters, **self.router.auth.counters, **self.book.counters, **sup.counters},
         }

@@ -25,6 +25,10 @@ from sunsetd.protocol import CONTROL_TARGET, ControlOp, ErrorCode, Request
 
 UNKNOWN_LABEL = "unknown"  # the metrics label of requests to no agent: client input never becomes a label
 SHUTTING_DOWN = "sunsetd is shutting down"
+# Bytes of request frames the book may hold at once (queued, in flight, or kept for a retry), across all
+# agents: past it a request is answered `overloaded`, so no flood of large bodies can grow the daemon
+# without bound. Control requests are exempt: an operator can always ask what is going on.
+MAX_HELD_BYTES = 256 << 20
 
 
 class Availability(str, enum.Enum):
@@ -66,6 +70,7 @@ class Pending:
     orphaned_until: float | None = None  # its incarnation is gone; a last reply may still come until then
     lost: str = ""  # how that incarnation ended
     origin: Any = None  # the client's connection, opaque here: the router asks whether it is still there
+    size: int = 0  # bytes of its frame, counted against MAX_HELD_BYTES until it is answered
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +143,8 @@ class RequestBook:
         self.pending: dict[int, Pending] = {}
         self.stopping = False
         self.counters: Counter[str] = Counter()  # late_replies, stale_replies
+        self.held_bytes = 0  # of the pending requests' frames
+        self.max_held_bytes = MAX_HELD_BYTES
         self._agents: dict[str, _Agent] = {}
         self._ids = itertools.count(1)
         self._heap: list[tuple[float, int, int]] = []  # (when, rid, _DEADLINE | _ORPHAN); dead entries skipped
@@ -189,11 +196,18 @@ class RequestBook:
         return out
 
     # ---- requests (events from the router)
-    def accept(self, envelope: list[bytes], request: Request, now: float, origin: Any = None) -> list[Decision]:
+    def accept(self, envelope: list[bytes], request: Request, now: float, origin: Any = None,
+               size: int = 0) -> list[Decision]:
         p = Pending(next(self._ids), envelope, request.id, request.to, request.op, request.body,
-                    now + request.timeout_ms / 1000.0, now, request.retry, UNKNOWN_LABEL, origin=origin)
+                    now + request.timeout_ms / 1000.0, now, request.retry, UNKNOWN_LABEL, origin=origin, size=size)
         self.pending[p.rid] = p
+        self.held_bytes += size
         self._arm(p)  # first: whatever happens next, the deadline answers it
+        if self.held_bytes > self.max_held_bytes and request.to != CONTROL_TARGET:
+            self.counters["overloaded_held_bytes"] += 1
+            return [self._reply(p, False, None, ErrorCode.OVERLOADED,
+                                f"sunsetd holds {(self.held_bytes - size) / 2**20:.1f} MiB of requests; this one's "
+                                f"{size} bytes would pass the {self.max_held_bytes / 2**20:.1f} MiB limit")]
         if request.to == CONTROL_TARGET:
             p.label = CONTROL_TARGET
             if self.stopping and request.op != ControlOp.STATUS.value:
@@ -388,6 +402,7 @@ class RequestBook:
     def _reply(self, p: Pending, ok: bool, body: Any = None, code: ErrorCode | None = None,
                message: str = "") -> Reply:
         del self.pending[p.rid]  # the one way out: a second reply would raise KeyError here
+        self.held_bytes -= p.size
         if len(self._heap) > 1024 and len(self._heap) > 4 * len(self.pending):
             self._compact()
         return Reply(p, ok, body, code, message)

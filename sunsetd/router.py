@@ -221,7 +221,7 @@ class Router:
             self._bad_frame("front", str(exc))
             self._refuse(envelope, protocol.request_id_of(msg), str(exc), origin)
             return
-        self.execute(self.book.accept(envelope, request, self.timers.now(), origin))
+        self.execute(self.book.accept(envelope, request, self.timers.now(), origin, len(payload)))
 
     def _refuse(self, envelope: list[bytes], client_id: Any, message: str, origin: Any) -> None:
         """A frame that is not a request is never accepted, so it is not the book's: answered here."""

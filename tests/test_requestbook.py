@@ -46,6 +46,22 @@ def codes(decisions) -> list[str]:
 
 # ---- accepting ------------------------------------------------------------------------------------------
 
+def test_past_the_bound_on_bytes_held_a_request_is_overloaded_and_control_still_answers():
+    # found: queued bodies could hold 256 MiB per agent, with no bound across agents
+    book = book_with(("A", view(READY, 1, max_inflight=1, max_queue=100)))
+    book.max_held_bytes = 1000
+    first = only(book.accept([b"c"], req(cid=1), 0.0, size=600), Forward).request
+    assert book.accept([b"c"], req(cid=2), 0.0, size=300) == []  # queued: 900 held
+    refused = only(book.accept([b"c"], req(cid=3), 0.0, size=200), Reply)
+    assert refused.code is ErrorCode.OVERLOADED and "MiB limit" in refused.message
+    assert book.counters["overloaded_held_bytes"] == 1 and book.held_bytes == 900
+    assert type(only(book.accept([b"c"], req("sunsetd", "status"), 0.0, size=500), Control)) is Control
+    book.replied("A", 1, first.rid, True, "done")  # its bytes are free again
+    assert book.held_bytes == 300 + 500  # the queued one, forwarded now, and the control request
+    assert book.accept([b"c"], req(cid=4), 0.0, size=150) == []  # room again: it queues
+    assert book.held_bytes == 950
+
+
 def test_a_ready_agent_with_room_gets_the_request_and_its_reply_goes_back_once():
     book = book_with(("A", view(READY, 1)))
     fwd = only(book.accept([b"client"], req(cid="x"), 0.0), Forward)
@@ -313,6 +329,7 @@ class Model:
 
     def __init__(self, limits: dict[str, tuple[int, int]]):
         self.book = RequestBook("prop")
+        self.book.max_held_bytes = 60_000  # small: sequences reach the bound on bytes held
         self.limits = limits
         self.now = 0.0
         self.calls = 0  # every call into the book, numbered: decisions belong to the call that made them
@@ -401,7 +418,8 @@ class Model:
     def accept(self, to: str, retry: bool, timeout_ms: int) -> None:
         before = set(self.book.pending)
         self.calls += 1
-        decisions = self.book.accept([b"client"], Request("cid", to, "op", None, timeout_ms, retry), self.now)
+        decisions = self.book.accept([b"client"], Request("cid", to, "op", None, timeout_ms, retry), self.now,
+                                     size=timeout_ms * 37 % 20_000)
         new = [p for p in self.book.pending if p not in before]
         (rid,) = new or [d.request.rid for d in decisions if isinstance(d, Reply)]
         self.accepted.add(rid)
@@ -478,6 +496,9 @@ def check_sequence(limits: dict[str, tuple[int, int]], events: list[tuple]) -> N
         model.run(event)
         assert all(model.replies[rid] <= 1 for rid in model.accepted)
         assert set(model.replies) <= model.accepted  # none to an id never accepted
+        book = model.book
+        assert book.held_bytes == sum(p.size for p in book.pending.values())
+        assert sum(p.size for p in book.pending.values() if p.to != "sunsetd") <= book.max_held_bytes
     model.now += 1e6
     model.call(model.book.expire, model.now)  # every deadline has passed: all answered, by now
     assert not model.book.pending
