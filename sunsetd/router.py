@@ -214,6 +214,8 @@ class Router:
                          origin)
             return
         msg = None
+        if len(payload) > protocol.MAX_FRAME_BYTES:
+            self.counters["oversized_frames"] += 1  # answered below; past HARD_FRAME_BYTES libzmq drops the connection
         try:
             msg = protocol.unpack(payload, "request frame")
             request = protocol.parse_request(msg)
@@ -257,6 +259,8 @@ class Router:
             self.counters["unknown_peers"] += 1  # not an id we give out
             return
         name, incarnation = peer
+        if any(len(f) > protocol.MAX_FRAME_BYTES for f in frames[1:]):
+            self.counters["oversized_frames"] += 1
         try:
             kind, body = protocol.parse_agent_frames(frames[1:])
             if kind is Kind.REPLY:

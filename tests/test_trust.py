@@ -264,6 +264,23 @@ def test_a_reply_owed_to_a_client_that_left_is_not_delivered_to_a_newcomer_with_
         ctx.destroy(linger=0)
 
 
+def test_an_oversized_frame_is_answered_and_counted(start_daemon):
+    # found: frames over the limit were dropped uncounted
+    d = start_daemon(MINI)
+    ctx = zmq.Context()
+    try:
+        s = ctx.socket(zmq.DEALER)
+        s.setsockopt(zmq.LINGER, 0)
+        s.connect(f"ipc://{d.runtime_dir}/sunsetd.sock")
+        s.send(b"\x81" + b"\xa1x" + b"\xc6" + (3 << 20).to_bytes(4, "big") + b"\0" * (3 << 20))  # a 3 MiB map
+        assert s.poll(5000)
+        reply = msgpack.unpackb(s.recv())
+        assert reply["error"]["code"] == "bad_request" and "limit" in reply["error"]["message"]
+        assert d.status()["router"]["oversized_frames"] == 1
+    finally:
+        ctx.destroy(linger=0)
+
+
 # A client as another uid: forked from a root process that has pyzmq imported, so nothing needs the
 # venv to be readable by that user. Prints the state, or "refused" when no reply comes.
 AS_USER = textwrap.dedent("""
