@@ -217,13 +217,21 @@ def test_garbage_on_both_sockets_never_stops_the_daemon(start_daemon):
     agents.setsockopt(zmq.LINGER, 0)
     agents.setsockopt(zmq.IDENTITY, b"Base#999")  # an incarnation that does not exist
     agents.connect(f"ipc://{d.runtime_dir}/agents.sock")
+    # a process sunsetd did not start is never admitted (sunsetd.auth): its frames go nowhere, and its
+    # sends would wait for ever for a connection, so they do not wait
     for frames in ([b"REPLY", msgpack.packb({"id": 1, "ok": True, "body": 1})], [b"garbage"], [b"\x00" * 100],
                    [b"HELLO", b"\xc1"], [b"REQUEST", b""], [b"a", b"b", b"c"]):
-        agents.send_multipart(frames)
+        try:
+            agents.send_multipart(frames, zmq.NOBLOCK)
+        except zmq.Again:
+            pass
     anonymous = ctx.socket(zmq.DEALER)
     anonymous.setsockopt(zmq.LINGER, 0)
     anonymous.connect(f"ipc://{d.runtime_dir}/agents.sock")
-    anonymous.send_multipart([b"READY"])
+    try:
+        anonymous.send_multipart([b"READY"], zmq.NOBLOCK)
+    except zmq.Again:
+        pass
     time.sleep(0.3)
     agents.close()
     anonymous.close()
@@ -232,9 +240,9 @@ def test_garbage_on_both_sockets_never_stops_the_daemon(start_daemon):
     status = d.status()
     counters = status["router"]
     assert counters["bad_frames_front"] >= 8
-    assert counters["bad_frames_agents"] >= 5  # each malformed frame, whoever claims to send it
-    assert counters["stale_replies"] >= 1  # a well-formed REPLY from an incarnation that is not the ready one
-    assert counters["unknown_peers"] >= 1  # a peer whose routing id is not one sunsetd hands out
+    assert counters.get("bad_frames_agents", 0) == 0 and counters.get("stale_replies", 0) == 0
+    wait_until(lambda: d.status()["router"].get("refused_not_an_agent", 0) >= 2, 10,
+               what="both strangers refused on the agents socket")
     assert all(a["state"] == "ready" and a["restarts"] == 0 for a in status["agents"])
 
 
@@ -458,9 +466,12 @@ sock.setsockopt(zmq.IDENTITY, b"Base#999")  # an incarnation that does not exist
 sock.connect(sys.argv[1])
 frame = [b"REPLY", msgpack.packb({"id": 1, "ok": True, "body": "x" * 100})]
 stop = time.monotonic() + float(sys.argv[2])
-while time.monotonic() < stop:
+while time.monotonic() < stop:  # refused at every connection attempt: sends must not wait for one
     for _ in range(1000):
-        sock.send_multipart(frame)
+        try:
+            sock.send_multipart(frame, zmq.NOBLOCK)
+        except zmq.Again:
+            pass
 """
 
 
@@ -487,7 +498,7 @@ def test_a_flood_on_the_agents_socket_while_an_agent_exits_does_not_stall_the_lo
     assert worst < 0.5, f"a request took {worst:.2f}s during the flood"
     assert "silent" not in d.log()
     assert all(a["state"] == "ready" for a in d.status()["agents"])
-    assert d.status()["router"]["stale_replies"] > 10_000
+    assert d.status()["router"].get("refused_not_an_agent", 0) >= 1  # a stranger's frames never get in
 
 
 def test_timed_out_requests_still_take_their_agents_room_so_max_inflight_bounds_what_it_holds(start_daemon):
