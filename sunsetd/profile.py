@@ -108,12 +108,39 @@ class Profile:
         }
 
 
+MAX_ERROR_CHARS = 500  # of one error line
+
+
+def one_line(text: str, limit: int = MAX_ERROR_CHARS) -> str:
+    """`text` as one printable line of at most `limit` characters: what is not printable (a newline, a
+    control character, a lone surrogate) is escaped, and a long line ends in '...'."""
+    if not text.isprintable():
+        text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 class ProfileError(Exception):
-    """The profile cannot be used; `errors` holds one line per fault."""
+    """The profile cannot be used; `errors` holds one line per fault (one printable line each, bounded:
+    whatever a profile puts in a name or a value, an error never spans lines or echoes it whole)."""
 
     def __init__(self, errors: list[str]):
+        errors = [one_line(e) for e in errors]
         super().__init__("\n".join(errors))
         self.errors = errors
+
+
+def show(value: Any) -> str:
+    """A profile's value quoted in an error: a bounded prefix (protocol.show), even of a value whose repr
+    fails (an integer of more than 4300 digits)."""
+    try:
+        return protocol.show(value)
+    except Exception:  # noqa: BLE001
+        return f"<{type(value).__name__}>"
+
+
+def _bare(key: Any) -> str:
+    """A key inside a quoted field name (`'backoff.initial'`): bounded, and escaped like repr()."""
+    return show(key)[1:-1] if isinstance(key, str) else show(key)
 
 
 # ---- field schema -------------------------------------------------------------------------------------
@@ -124,6 +151,9 @@ class ProfileError(Exception):
 # infinite stop_timeout_s crashed the daemon at its SIGTERM.
 MAX_INT = 1_000_000_000
 MAX_SECONDS = 30 * 24 * 3600.0
+# policy.backoff_delay computes multiplier ** n for n up to 64: past about 65,000 that overflows a float,
+# which raised in the daemon's loop after some fifty consecutive failures of the agent.
+MAX_MULTIPLIER = 1000.0
 
 
 def _int(lo: int = 0, hi: int = MAX_INT) -> Callable[[Any], int]:
@@ -200,26 +230,29 @@ def _config(v: Any) -> dict:
         if isinstance(value, dict):
             for key, item in value.items():
                 if not isinstance(key, str):
-                    raise ValueError(f"a key is not a string: {protocol.show(key)}")
+                    raise ValueError(f"a key is not a string: {show(key)}")
                 stack.append((item, depth + 1))
         elif isinstance(value, list):
             stack.extend((item, depth + 1) for item in value)
         elif isinstance(value, float) and not math.isfinite(value):
             raise ValueError(f"{value} is not a number an agent can be given")
         elif value is not None and not isinstance(value, (str, int, float, bool)):
-            raise ValueError(f"not plain data: {type(value).__name__} {protocol.show(value)}")
+            raise ValueError(f"not plain data: {type(value).__name__} {show(value)}")
     size = len(json.dumps(v, separators=(",", ":")))
     if size > MAX_CONFIG_BYTES:
         raise ValueError(f"{size} bytes as JSON, over the {MAX_CONFIG_BYTES}-byte limit")
     return v
 
 
-_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.\-]{0,99}$")
-_RUN_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+# fullmatch, never match with $: "$" also matches before a final newline, and "A\n" was an agent's name
+_NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_.\-]{0,99}")
+_RUN_RE = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
+_ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+MAX_RUN_CHARS = 200
 
 
 def _name(v: Any) -> str:
-    if not isinstance(v, str) or not _NAME_RE.match(v) or v == "sunsetd":
+    if not isinstance(v, str) or not _NAME_RE.fullmatch(v) or v == "sunsetd":
         raise ValueError("expected a name of letters, digits, '_', '.', '-' starting with a letter (not 'sunsetd')")
     return v
 
@@ -240,16 +273,93 @@ def _relative_to(origin: Path, key: str, value: Any, where: str, errors: list[st
     if key == "cwd":
         return str(path)
     try:
-        return procsettings.read_env_file(path, os.environ)
+        return _read_env_file(path)
     except ValueError as exc:
         errors.append(f"{where}: field 'env_file': {exc}")
         return None
 
 
+MAX_ID = 2**32 - 2  # uid_t and gid_t: (uid_t) -1 means "no change"
+
+
+def _env(v: Any) -> dict[str, str]:
+    """`env:` (procsettings.parse_env), whose names are whole names and whose values can be put in an
+    environment (a NUL made the daemon's spawn of a program raise, and every Python agent crash at start)."""
+    if isinstance(v, dict):
+        for name in v:
+            if not isinstance(name, str) or not _ENV_NAME_RE.fullmatch(name):
+                raise ValueError(f"{show(name)} is not a variable name")
+    env = procsettings.parse_env(v, os.environ)
+    for name, value in env.items():
+        if "\0" in value:
+            raise ValueError(f"{name}: a value cannot hold a NUL character")
+    return _Env(env)
+
+
+def _id_name(what: str) -> Callable[[Any], str]:
+    def check(v: Any) -> str:
+        name = procsettings.parse_name(v, what)
+        if name.isdigit() and int(name) > MAX_ID:  # setresuid() of 10**30 raised in the child, every spawn
+            raise ValueError(f"expected a {what} name or a number from 0 to {MAX_ID}")
+        return name
+
+    return check
+
+
+MAX_RLIMIT = 2**63 - 1  # setrlimit() takes a signed 64-bit value: 10**34 raised OverflowError in the child
+
+
+def _rlimit(key: str) -> Callable[[Any], int]:
+    top = MAX_RLIMIT >> 20 if key == "rlimit_as_mb" else MAX_RLIMIT
+
+    def check(v: Any) -> int:
+        if not isinstance(v, bool) and isinstance(v, int) and v > top:
+            raise ValueError(f"expected an integer from {0 if key == 'rlimit_core' else 1} to {top}, or unlimited")
+        return procsettings.parse_rlimit(key, v)
+
+    return check
+
+
+def _read_env_file(path: Path) -> dict[str, str]:
+    """`env_file:`, which must be a regular file of at most MAX_PROFILE_BYTES (reading /dev/zero or a FIFO
+    never ended), whose values can be put in an environment."""
+    import stat
+
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise ValueError(f"{path}: not a regular file")
+    if st.st_size > MAX_PROFILE_BYTES:
+        raise ValueError(f"{path}: over the {MAX_PROFILE_BYTES}-byte limit")
+    env = procsettings.read_env_file(path, os.environ)
+    for name, value in env.items():
+        if "\0" in value:
+            raise ValueError(f"{path}: {name}: a value cannot hold a NUL character")
+    return _Env(env)
+
+
+class _Env(dict):
+    """A checked `env:` mapping that makes its items once: the env of `defaults` is every agent's, and
+    merging 4,000 variables into each of 2,000 agents took seconds."""
+
+    _items: tuple | None = None
+
+    def items_tuple(self) -> tuple[tuple[str, str], ...]:
+        if self._items is None:
+            self._items = tuple(self.items())
+        return self._items
+
+
 def _process_settings(values: dict[str, Any], defaults: dict[str, Any], own: dict[str, Any]) -> ProcessSettings:
-    env = {**defaults.get("env", {}), **values.get("env_file", {}), **own.get("env", {})}
+    parts = [p for p in (defaults.get("env"), values.get("env_file"), own.get("env")) if p]
+    if len(parts) == 1 and isinstance(parts[0], _Env):
+        env_items = parts[0].items_tuple()  # shared, not copied per agent
+    else:
+        env_items = tuple({k: v for part in parts for k, v in part.items()}.items())
     return ProcessSettings(
-        env=tuple(env.items()), cwd=values.get("cwd"), user=values.get("user"), group=values.get("group"),
+        env=env_items, cwd=values.get("cwd"), user=values.get("user"), group=values.get("group"),
         umask=values.get("umask"), nice=values.get("nice"),
         rlimits=tuple((procsettings.RLIMITS[k], values[k]) for k in procsettings.RLIMITS if k in values))
 
@@ -294,6 +404,50 @@ def _executable_problem(argv: tuple[str, ...], process: ProcessSettings) -> str 
     return None if os.access(path, os.X_OK) else f"{program!r}: not executable"
 
 
+def _host_problem(host: Any) -> str | None:
+    """Why a probe cannot connect to `host` at all (not whether the name resolves: that is news at run
+    time): socket.connect() raised TypeError (not OSError) in the daemon's loop for these."""
+    if not isinstance(host, str) or not host or "\0" in host:
+        return "expected a host name or address"
+    if not host.isascii():
+        try:
+            host.encode("idna")
+        except UnicodeError:
+            return f"{show(host)} is not a host name (IDNA)"
+    return None
+
+
+def _probe(v: Any, health: bool) -> Probe:
+    """`ready:` / `health:` (probes.parse), as the daemon can run it: every number bounded, a `log:` pattern
+    that is text, hosts a socket can be given, an argv an exec can take."""
+    if isinstance(v, dict) and not all(isinstance(k, str) for k in v):
+        raise ValueError(f"unknown field {show(next(k for k in v if not isinstance(k, str)))}")
+    if not health and isinstance(v, dict) and "log" in v and not isinstance(v["log"], str):
+        raise ValueError("log: expected a regular expression")
+    try:
+        probe = probes.parse(v, health=health)
+    except ValueError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - re.compile's RecursionError or OverflowError, for one
+        raise ValueError(f"{'health' if health else 'ready'} probe: cannot be read ({type(exc).__name__})") from None
+    for key in ("interval_ms", "timeout_ms", "failures"):
+        if getattr(probe, key) > MAX_INT:  # timeout_ms / 1000 overflowed a float in the daemon's loop
+            raise ValueError(f"{key}: expected an integer from 1 to {MAX_INT}")
+    problem = None
+    if probe.kind == "tcp":
+        problem = _host_problem(probe.target[0])
+    elif probe.kind == "http":
+        from urllib.parse import urlsplit
+
+        problem = "http: a URL cannot hold a NUL character" if "\0" in probe.target else \
+            _host_problem(urlsplit(probe.target).hostname)
+    elif probe.kind == "exec" and (not probe.target[0] or "\0" in "".join(probe.target)):
+        problem = "exec: expected a program to run first, and no NUL character"
+    if problem is not None:
+        raise ValueError(problem)
+    return probe
+
+
 def _protocol(v: Any) -> str:
     if v != "mcp":
         raise ValueError("expected mcp (a program that is an MCP server on its stdin and stdout)")
@@ -307,15 +461,17 @@ def _roots(v: Any) -> tuple[str, ...]:
 
 
 def _run(v: Any) -> str:
-    if not isinstance(v, str) or not _RUN_RE.match(v):
+    if not isinstance(v, str) or not _RUN_RE.fullmatch(v):
         raise ValueError("expected 'module:Class'")
+    if len(v) > MAX_RUN_CHARS:
+        raise ValueError(f"expected 'module:Class' of at most {MAX_RUN_CHARS} characters")
     return v
 
 
 _BACKOFF_FIELDS: dict[str, Callable[[Any], Any]] = {
     "initial_ms": _int(0),
     "max_ms": _int(0),
-    "multiplier": _num(1.0),
+    "multiplier": _num(1.0, hi=MAX_MULTIPLIER),
     "jitter": _jitter,
 }
 _INTENSITY_FIELDS: dict[str, Callable[[Any], Any]] = {
@@ -343,14 +499,14 @@ _SETTINGS: dict[str, Callable[[Any], Any]] = {
     "max_queue": _int(0),
     "stop_signal": _signal,
     # the process's own settings (procsettings.py); env merges over the defaults' env, the rest override
-    "env": lambda v: procsettings.parse_env(v, os.environ),
+    "env": _env,
     "env_file": _path,
     "cwd": _path,
-    "user": lambda v: procsettings.parse_name(v, "user"),
-    "group": lambda v: procsettings.parse_name(v, "group"),
+    "user": _id_name("user"),
+    "group": _id_name("group"),
     "umask": procsettings.parse_umask,
     "nice": procsettings.parse_nice,
-    **{key: (lambda k: lambda v: procsettings.parse_rlimit(k, v))(key) for key in procsettings.RLIMITS},
+    **{key: _rlimit(key) for key in procsettings.RLIMITS},
 }
 _PROCESS_FIELDS = ("env", "env_file", "cwd", "user", "group", "umask", "nice", *procsettings.RLIMITS)
 _AGENT_ONLY: dict[str, Callable[[Any], Any]] = {
@@ -359,11 +515,13 @@ _AGENT_ONLY: dict[str, Callable[[Any], Any]] = {
     "command": _command,
     "protocol": _protocol,
     "roots": _roots,
-    "ready": lambda v: probes.parse(v, health=False),
-    "health": lambda v: probes.parse(v, health=True),
+    "ready": lambda v: _probe(v, health=False),
+    "health": lambda v: _probe(v, health=True),
     "depends_on": _dependencies,
     "config": _config,
 }
+MAX_PROFILE_NAME = 100
+_AGENT_FIELDS = {**_SETTINGS, **_AGENT_ONLY}
 _TOP_LEVEL = {"name", "extends", "description", "limits", "defaults", "agents"}
 _LIMITS: dict[str, Callable[[Any], Any]] = {"memory_mb": _optional(_int(1))}
 
@@ -402,9 +560,13 @@ def _is_file(path: Path) -> bool:
 
 def find_profile(name_or_path: str, near: Path | None = None) -> Path:
     """A profile by path, or by name in `near` (the extending file's directory) and the search path."""
-    candidate = Path(name_or_path)
-    if "\0" in name_or_path or len(os.fsencode(name_or_path)) > 4096:
+    try:
+        encoded = os.fsencode(name_or_path)
+    except (UnicodeError, TypeError):  # a lone surrogate the file system cannot encode
+        encoded = b"\0"
+    if "\0" in name_or_path or b"\0" in encoded or len(encoded) > 4096:
         raise ProfileError([f"{name_or_path[:80]!r}...: not a profile name or path"])
+    candidate = Path(name_or_path)
     if is_profile_path(name_or_path):
         if _is_file(candidate):
             return candidate
@@ -416,7 +578,7 @@ def find_profile(name_or_path: str, near: Path | None = None) -> Path:
             if _is_file(p):
                 return p
     raise ProfileError(
-        [f"profile {name_or_path!r} not found in {', '.join(str(d) for d in dict.fromkeys(dirs))}"]
+        [f"profile {show(name_or_path)} not found in {', '.join(str(d) for d in dict.fromkeys(dirs))}"]
     )
 
 
@@ -441,37 +603,122 @@ class _Merged:
 
 MAX_PROFILE_BYTES = 1 << 20
 MAX_ALIASES = 100  # *references to anchors: a few are handy; many are an alias bomb
+# Reading YAML costs a few microseconds of Python per value, and a reload reads on the daemon's loop:
+# 1 MiB of small values took 7 s, long enough for every agent to give the silent daemon up. Values are
+# counted (and nesting measured) from the parser's events before anything is built.
+MAX_YAML_VALUES = 20_000
+MAX_YAML_DEPTH = 64
+_MAX_INT_BITS = 14_000  # an integer this long still prints (Python refuses str() past 4300 digits)
+
+# libyaml's parser when PyYAML has it (several times faster); the constructor is Python either way
+_YAMLBase: type = getattr(yaml, "CSafeLoader", None) or yaml.SafeLoader
 
 
-class _Loader(yaml.SafeLoader):
-    """YAML's safe loader, counting aliases as it composes: past MAX_ALIASES the file is refused."""
+class _Loader(_YAMLBase):  # type: ignore[misc, valid-type]
+    """YAML's safe loader whose every value is something a profile can hold: text that is Unicode (no lone
+    surrogate from a \\ud800 escape), integers that can be printed, and any value YAML cannot construct
+    (a 13th month, `!!float abc`) a YAML error at its position instead of whatever Python raised."""
 
-    def __init__(self, stream: str):
-        super().__init__(stream)
-        self.aliases = 0
+    def construct_scalar(self, node: Any) -> Any:
+        value = super().construct_scalar(node)
+        if isinstance(value, str) and not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise yaml.constructor.ConstructorError(
+                    None, None, "a lone surrogate (\\ud800-\\udfff) is not a character", node.start_mark) from None
+        return value
 
-    def compose_node(self, parent: Any, index: Any) -> Any:
-        if self.check_event(yaml.AliasEvent):
-            self.aliases += 1
-            if self.aliases > MAX_ALIASES:
-                raise yaml.composer.ComposerError(None, None, f"more than {MAX_ALIASES} aliases (*name)",
-                                                  self.peek_event().start_mark)
-        return super().compose_node(parent, index)
+    def construct_object(self, node: Any, deep: bool = False) -> Any:
+        try:
+            value = super().construct_object(node, deep)
+        except (yaml.YAMLError, RecursionError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - ValueError, KeyError, AttributeError... of PyYAML's constructors
+            shown = show(node.value) if isinstance(node, yaml.ScalarNode) else "this value"
+            raise yaml.constructor.ConstructorError(
+                None, None, f"cannot read {shown} as {node.tag.rpartition(':')[2] or node.tag} "
+                            f"({type(exc).__name__})", node.start_mark) from None
+        if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > _MAX_INT_BITS:
+            raise yaml.constructor.ConstructorError(None, None, "an integer too large to be a number of a profile",
+                                                    node.start_mark)
+        return value
+
+
+_NODE_EVENTS = (yaml.ScalarEvent, yaml.AliasEvent, yaml.SequenceStartEvent, yaml.MappingStartEvent)
+
+
+def _measure(text: str) -> None:
+    """Refuse a document with too many values, aliases or levels, from its events (cheap: nothing is
+    built yet, and it stops at the first excess), so that building it is bounded in time and depth."""
+    loader = _Loader(text)
+    try:
+        values = aliases = depth = 0
+        while loader.check_event():
+            event = loader.get_event()
+            if not isinstance(event, _NODE_EVENTS):
+                if isinstance(event, (yaml.SequenceEndEvent, yaml.MappingEndEvent)):
+                    depth -= 1
+                continue
+            values += 1
+            problem = None
+            if values > MAX_YAML_VALUES:
+                problem = f"more than {MAX_YAML_VALUES} values"
+            elif isinstance(event, yaml.AliasEvent):
+                aliases += 1
+                if aliases > MAX_ALIASES:
+                    problem = f"more than {MAX_ALIASES} aliases (*name)"
+            elif not isinstance(event, yaml.ScalarEvent):
+                depth += 1
+                if depth > MAX_YAML_DEPTH:
+                    problem = f"nested deeper than {MAX_YAML_DEPTH} levels"
+            if problem is not None:
+                raise yaml.composer.ComposerError(None, None, problem, event.start_mark)
+    finally:
+        loader.dispose()
+
+
+def _read_text(path: Path) -> bytes:
+    """At most MAX_PROFILE_BYTES + 1 bytes of a regular file (a FIFO or /dev/zero is not a profile, and a
+    /proc file's size says 0)."""
+    import stat
+
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(0, "not a regular file")
+        chunks, size = [], 0
+        while size <= MAX_PROFILE_BYTES:
+            chunk = os.read(fd, MAX_PROFILE_BYTES + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
 def _read_yaml(path: Path, errors: list[str]) -> dict | None:
     try:
-        if path.stat().st_size > MAX_PROFILE_BYTES:
-            errors.append(f"{path}: {path.stat().st_size} bytes, over the {MAX_PROFILE_BYTES}-byte limit of a profile")
-            return None
-        text = path.read_text(encoding="utf-8")
+        data = _read_text(path)
     except OSError as exc:
-        errors.append(f"{path}: cannot read: {exc.strerror}")
+        errors.append(f"{path}: cannot read: {exc.strerror or exc}")
         return None
+    if len(data) > MAX_PROFILE_BYTES:
+        try:
+            size = f"{path.stat().st_size} bytes"
+        except OSError:
+            size = "more bytes"
+        errors.append(f"{path}: {size}, over the {MAX_PROFILE_BYTES}-byte limit of a profile")
+        return None
+    try:
+        text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         errors.append(f"{path}: not UTF-8 text (byte {exc.start})")
         return None
     try:
+        _measure(text)
         loader = _Loader(text)
         try:
             doc = loader.get_single_data()
@@ -483,8 +730,11 @@ def _read_yaml(path: Path, errors: list[str]) -> dict | None:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        problem = getattr(exc, "problem", None) or (str(exc).splitlines() or [type(exc).__name__])[0]
         errors.append(f"{path}: invalid YAML{where}: {problem}")
+        return None
+    except Exception as exc:  # noqa: BLE001 - never a traceback for a file, whatever the YAML library raised
+        errors.append(f"{path}: invalid YAML: {type(exc).__name__}")
         return None
     if not isinstance(doc, dict):
         errors.append(f"{path}: expected a mapping at the top level, got {type(doc).__name__}")
@@ -505,7 +755,7 @@ def _merge_file(path: Path, errors: list[str], chain: tuple[Path, ...] = (),
         return _Merged()
     for key in doc:
         if key not in _TOP_LEVEL:
-            errors.append(f"{path}: unknown field {key!r} (expected one of {', '.join(sorted(_TOP_LEVEL))})")
+            errors.append(f"{path}: unknown field {show(key)} (expected one of {', '.join(sorted(_TOP_LEVEL))})")
 
     merged = _Merged()
     parent = doc.get("extends")
@@ -519,8 +769,12 @@ def _merge_file(path: Path, errors: list[str], chain: tuple[Path, ...] = (),
                 errors.extend(f"{path}: field 'extends': {e}" for e in exc.errors)
 
     merged.name = doc.get("name", path.stem)
-    if not isinstance(merged.name, str):
-        errors.append(f"{path}: field 'name': expected a string")
+    if not isinstance(merged.name, str) or not 0 < len(merged.name) <= MAX_PROFILE_NAME \
+            or not merged.name.isprintable():
+        # it is in every agent's process title and in the daemon's log lines: a NUL crashed every agent
+        # at start, a lone surrogate the log and --check
+        errors.append(f"{path}: field 'name': expected a string of 1 to {MAX_PROFILE_NAME} printable characters"
+                      + ("" if "name" in doc else " (the default is the file's name: give one)"))
     description = doc.get("description", merged.description)
     merged.description = description if isinstance(description, str) else ""
 
@@ -530,12 +784,12 @@ def _merge_file(path: Path, errors: list[str], chain: tuple[Path, ...] = (),
         limits = {}
     for key, value in limits.items():
         if key not in _LIMITS:
-            errors.append(f"{path}: field 'limits.{key}': unknown field")
+            errors.append(f"{path}: field 'limits.{_bare(key)}': unknown field")
             continue
         try:
             merged.limits[key] = _LIMITS[key](value)
         except ValueError as exc:
-            errors.append(f"{path}: field 'limits.{key}': {exc}, got {protocol.show(value)}")
+            errors.append(f"{path}: field 'limits.memory_mb': {exc}, got {show(value)}")
 
     defaults = doc.get("defaults", {}) or {}
     if not isinstance(defaults, dict):
@@ -561,7 +815,7 @@ def _merge_file(path: Path, errors: list[str], chain: tuple[Path, ...] = (),
             errors.append(f"{path}: agents[{i}]: field 'name': expected a string")
             continue
         if name in seen_here:
-            errors.append(f"{path}: agent {name!r}: field 'name': duplicate name")
+            errors.append(f"{path}: agent {show(name)}: field 'name': duplicate name")
             continue
         seen_here.add(name)
         raw = merged.agents.get(name)
@@ -587,7 +841,7 @@ def _definition_from(source: Any, name: str, path: Path, errors: list[str], chai
                      cache: dict[Path, _Merged]) -> _RawAgent | None:
     """The raw entry of agent `name` in profile `source` (an agent entry's `from:`), so that a definition
     lives in one profile (full) and smaller profiles pick agents from it by name."""
-    where = f"{path}: agent {name!r}: field 'from'"
+    where = f"{path}: agent {show(name)}: field 'from'"
     if not isinstance(source, str):
         errors.append(f"{where}: expected a profile name")
         return None
@@ -601,7 +855,7 @@ def _definition_from(source: Any, name: str, path: Path, errors: list[str], chai
         cache[key] = _merge_file(other, errors, chain, cache)
     defined = cache[key].agents.get(name)
     if defined is None:
-        errors.append(f"{where}: profile {source!r} has no agent {name!r}")
+        errors.append(f"{where}: profile {show(source)} has no agent {show(name)}")
     return defined
 
 
@@ -610,25 +864,26 @@ def _convert(where: str, key: str, value: Any, schema: dict, errors: list[str]) 
     if key in _NESTED:
         sub_schema = _NESTED[key][0]
         if not isinstance(value, dict):
-            errors.append(f"{where}: field {key!r}: expected a mapping, got {protocol.show(value)}")
+            errors.append(f"{where}: field {show(key)}: expected a mapping, got {show(value)}")
             return None
         out = {}
         for sub, v in value.items():
             if sub not in sub_schema:
-                errors.append(f"{where}: field '{key}.{sub}': unknown field (expected one of {', '.join(sub_schema)})")
+                errors.append(f"{where}: field '{key}.{_bare(sub)}': unknown field "
+                              f"(expected one of {', '.join(sub_schema)})")
                 continue
             try:
                 out[sub] = sub_schema[sub](v)
             except ValueError as exc:
-                errors.append(f"{where}: field '{key}.{sub}': {exc}, got {protocol.show(v)}")
+                errors.append(f"{where}: field '{key}.{sub}': {exc}, got {show(v)}")
         return out
     if key not in schema:
-        errors.append(f"{where}: unknown field {key!r}")
+        errors.append(f"{where}: unknown field {show(key)}")
         return None
     try:
         return schema[key](value)
     except ValueError as exc:
-        errors.append(f"{where}: field {key!r}: {exc}, got {protocol.show(value)}")
+        errors.append(f"{where}: field {show(key)}: {exc}, got {show(value)}")
         return None
 
 
@@ -644,12 +899,14 @@ def _checked_defaults(merged: _Merged, errors: list[str]) -> dict[str, Any]:
     return out
 
 
-def _resolve_agent(name: str, raw: _RawAgent, defaults: dict[str, Any], errors: list[str]) -> AgentSpec | None:
+def _resolve_agent(name: str, raw: _RawAgent, defaults: dict[str, Any], errors: list[str],
+                   programs: dict | None = None) -> AgentSpec | None:
+    """`programs` caches where commands were looked for (thousands of agents may run the same one)."""
     n_errors = len(errors)
     own: dict[str, Any] = {}
     for key, value in raw.fields.items():
         where = f"{raw.origin[key]}: agent {name!r}"
-        checked = _convert(where, key, value, {**_SETTINGS, **_AGENT_ONLY}, errors)
+        checked = _convert(where, key, value, _AGENT_FIELDS, errors)
         if checked is not None:
             checked = _relative_to(raw.origin[key], key, checked, where, errors)
         if checked is not None:
@@ -694,7 +951,13 @@ def _resolve_agent(name: str, raw: _RawAgent, defaults: dict[str, Any], errors: 
             errors.append(f"{raw.origin[key]}: agent {name!r}: field {key!r}: an MCP server is ready when its "
                           f"initialize handshake is done, and its liveness is MCP ping (heartbeat_ms, liveness)")
     if values.get("command"):
-        problem = _executable_problem(values["command"], values["process"])
+        process = values["process"]
+        key = (values["command"][0], dict(process.env).get("PATH"), process.cwd)
+        if programs is None or key not in programs:
+            problem = _executable_problem(values["command"], process)
+            if programs is not None:
+                programs[key] = problem
+        problem = programs[key] if programs is not None else problem
         if problem is not None:
             errors.append(f"{raw.origin.get('command', raw.origin['name'])}: agent {name!r}: field 'command': {problem}")
     if len(errors) > n_errors:
@@ -704,33 +967,55 @@ def _resolve_agent(name: str, raw: _RawAgent, defaults: dict[str, Any], errors: 
     return AgentSpec(**values)
 
 
+MAX_LEVELS = 100  # the supervisor wants an agent's dependencies recursively: a chain of 1000 raised there
+
+
 def _levels(specs: dict[str, AgentSpec], origin: dict[str, Path], errors: list[str]) -> tuple[tuple[str, ...], ...]:
+    """Start levels; a cycle is reported once, at one of its agents. Iterative (a chain of a few thousand
+    agents, listed last first, raised RecursionError), and each agent is visited once."""
     level: dict[str, int] = {}
-    visiting: list[str] = []
     reported: set[frozenset] = set()
-
-    def visit(name: str) -> int:
-        if name in level:
-            return level[name]
-        if name in visiting:
-            cycle = visiting[visiting.index(name):] + [name]
-            key = frozenset(cycle)
-            if key not in reported:
-                reported.add(key)
-                errors.append(f"{origin[name]}: agent {name!r}: field 'depends_on': dependency cycle "
-                              f"{' -> '.join(cycle)}")
-            return 0
-        visiting.append(name)
-        depth = 0
-        for dep in specs[name].depends_on:
-            if dep in specs:
-                depth = max(depth, visit(dep) + 1)
-        visiting.pop()
-        level[name] = depth
-        return depth
-
-    for name in specs:
-        visit(name)
+    for root in specs:
+        if root in level:
+            continue
+        path: list[str] = []  # the agents being visited, each with the iterator over its dependencies
+        on_path: set[str] = set()
+        stack: list[tuple[str, Any, int]] = [(root, iter(specs[root].depends_on), 0)]
+        path.append(root)
+        on_path.add(root)
+        while stack:
+            name, deps, depth = stack[-1]
+            for dep in deps:
+                if dep not in specs:
+                    continue  # reported with the unknown agents
+                if dep in level:
+                    depth = max(depth, level[dep] + 1)
+                elif dep in on_path:
+                    cycle = path[path.index(dep):] + [dep]
+                    key = frozenset(cycle)
+                    if key not in reported:
+                        reported.add(key)
+                        errors.append(f"{origin[dep]}: agent {dep!r}: field 'depends_on': dependency cycle "
+                                      f"{' -> '.join(cycle)}")
+                else:
+                    stack[-1] = (name, deps, depth)
+                    stack.append((dep, iter(specs[dep].depends_on), 0))
+                    path.append(dep)
+                    on_path.add(dep)
+                    break
+            else:
+                stack.pop()
+                path.pop()
+                on_path.discard(name)
+                level[name] = depth
+                if stack:
+                    parent, parent_deps, parent_depth = stack[-1]
+                    stack[-1] = (parent, parent_deps, max(parent_depth, depth + 1))
+    deepest = max(level.values(), default=0)
+    if deepest >= MAX_LEVELS and not reported:
+        name = next(n for n, lvl in level.items() if lvl == deepest)
+        errors.append(f"{origin[name]}: agent {name!r}: field 'depends_on': a chain of {deepest + 1} agents "
+                      f"each depending on the next, over the limit of {MAX_LEVELS} levels")
     by_level: dict[int, list[str]] = {}
     for name in specs:  # keep profile order inside a level
         by_level.setdefault(level[name], []).append(name)
@@ -745,14 +1030,15 @@ def load_profile(name_or_path: str) -> Profile:
     defaults = _checked_defaults(merged, errors)
     specs: dict[str, AgentSpec] = {}
     origins: dict[str, Path] = {}
+    programs: dict = {}
     for name, raw in merged.agents.items():
         origins[name] = raw.origin.get("depends_on", raw.origin["name"])
         try:
             _name(name)
         except ValueError as exc:
-            errors.append(f"{raw.origin['name']}: agent {name!r}: field 'name': {exc}")
+            errors.append(f"{raw.origin['name']}: agent {show(name)}: field 'name': {exc}")
             continue
-        spec = _resolve_agent(name, raw, defaults, errors)
+        spec = _resolve_agent(name, raw, defaults, errors, programs)
         if spec is not None:
             specs[name] = spec
             refused = procsettings.refusal(spec.process)  # this daemon's rights, this machine's users
@@ -764,7 +1050,7 @@ def load_profile(name_or_path: str) -> Profile:
             if not isinstance(dep, str):
                 continue  # reported by the field check
             if dep not in merged.agents:
-                errors.append(f"{origins[name]}: agent {name!r}: field 'depends_on': unknown agent {dep!r}")
+                errors.append(f"{origins[name]}: agent {name!r}: field 'depends_on': unknown agent {show(dep)}")
             elif name in specs and dep in specs and specs[dep].lazy and not specs[name].lazy:
                 errors.append(f"{origins[name]}: agent {name!r}: field 'depends_on': eager agent "
                               f"cannot depend on lazy agent {dep!r}")
