@@ -167,7 +167,9 @@ def _int(lo: int = 0, hi: int = MAX_INT) -> Callable[[Any], int]:
 
 def _num(lo: float = 0.0, strict: bool = False, hi: float = MAX_SECONDS) -> Callable[[Any], float]:
     def check(v: Any) -> float:
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not lo <= v <= hi \
+        # an int is compared exactly; math.isfinite of a huge int (a sexagesimal 1:1:1:...) overflows
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or (isinstance(v, float) and not math.isfinite(v)) \
+                or not lo <= v <= hi \
                 or (strict and v == lo):
             raise ValueError(f"expected a number {'>' if strict else '>='} {lo:g} and <= {hi:g}")
         return float(v)

@@ -836,6 +836,8 @@ FOUND = [
     ("hex integer past 4300 digits: repr() in the error raised", AGENT + "    heartbeat_ms: 0x" + "f" * 4000 + "\n",
      "an integer too large"),
     ("sexagesimal integer past 4300 digits", AGENT + "    config: {n: " + "1:" * 3000 + "1}\n", "an integer too large"),
+    ("a sexagesimal integer too large for a float in a seconds field (OverflowError; found by CI)",
+     AGENT + "    start_timeout_s: " + "1:" * 700 + "1\n", "expected a number"),
     ("huge integer as a key", "? 0x" + "f" * 4000 + "\n: 1\n" + AGENT[8:], "an integer too large"),
     ("a 13th month (ValueError)", AGENT + "    config: {when: 2024-13-01}\n", "cannot read '2024-13-01' as timestamp"),
     ("year 0 (ValueError)", AGENT + "    config: {when: 0000-01-01}\n", "as timestamp"),
