@@ -291,10 +291,14 @@ def _env(v: Any) -> dict[str, str]:
         for name in v:
             if not isinstance(name, str) or not _ENV_NAME_RE.fullmatch(name):
                 raise ValueError(f"{show(name)} is not a variable name")
-    env = procsettings.parse_env(v, os.environ)
+    return _environment(procsettings.parse_env(v, os.environ), "")
+
+
+def _environment(env: dict[str, str], where: str) -> "_Env":
+    """Variables that can be put in an environment: a value with a NUL cannot."""
     for name, value in env.items():
         if "\0" in value:
-            raise ValueError(f"{name}: a value cannot hold a NUL character")
+            raise ValueError(f"{where}{name}: a value cannot hold a NUL character")
     return _Env(env)
 
 
@@ -335,11 +339,7 @@ def _read_env_file(path: Path) -> dict[str, str]:
         raise ValueError(f"{path}: not a regular file")
     if st.st_size > MAX_PROFILE_BYTES:
         raise ValueError(f"{path}: over the {MAX_PROFILE_BYTES}-byte limit")
-    env = procsettings.read_env_file(path, os.environ)
-    for name, value in env.items():
-        if "\0" in value:
-            raise ValueError(f"{path}: {name}: a value cannot hold a NUL character")
-    return _Env(env)
+    return _environment(procsettings.read_env_file(path, os.environ), f"{path}: ")
 
 
 class _Env(dict):
