@@ -216,8 +216,8 @@ class Authenticator:
                 request = self.sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            if b"" not in request[:2] or len(request) < request.index(b"") + 7 \
-                    or request[request.index(b"") + 1] != b"1.0":
+            at = request.index(b"") if b"" in request[:2] else -1  # [envelope, "", version, ...]
+            if at < 0 or len(request) < at + 7 or request[at + 1] != b"1.0":
                 self.counters["zap_malformed"] += 1  # only libzmq speaks here (inproc): never expected
                 continue
             self._judge(request)
