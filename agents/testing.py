@@ -110,6 +110,26 @@ class Echo(Agent):
         sock.close()
         return len(frames)
 
+    def handle_squat(self, body: Any) -> bool:
+        """A compromised agent that guesses another incarnation's routing id (`body`) and holds it: a
+        second connection from this process, kept open, so that incarnation would be refused as a duplicate
+        if the id were guessable."""
+        import zmq
+
+        from sunsetd.protocol import LAUNCH_ENV, Launch
+
+        launch = Launch.decode(os.environ[LAUNCH_ENV])
+        sock = zmq.Context.instance().socket(zmq.DEALER)
+        sock.setsockopt(zmq.IDENTITY, str(body).encode())
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(launch.agents_endpoint)
+        try:
+            sock.send_multipart([b"HEARTBEAT"], zmq.NOBLOCK)  # queued until its connection is up
+        except zmq.Again:
+            pass
+        self._squatters = getattr(self, "_squatters", []) + [sock]
+        return True
+
     def handle_alloc(self, body: Any) -> int:
         """Hold `body` more MiB (touched, so they count in RSS)."""
         for _ in range(int(body)):  # 1 MiB at a time: one huge C-level copy would hold the GIL for long

@@ -30,7 +30,7 @@ from typing import Callable
 
 import zmq
 
-from sunsetd import logs
+from sunsetd import logs, protocol
 from sunsetd.timers import Timer, Timers
 
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"  # where libzmq sends its questions (RFC 27)
@@ -41,6 +41,7 @@ MONITOR_BATCH = 4096  # connection events read in one round; ZAP answers wait un
 PARK_S = 2.0  # a connection from a pid not known yet waits this long for the spawner to report it
 MAX_PARKED = 256
 SECRET_BYTES = 32
+TAG_BYTES = 8  # of a routing id tag: 2^64 guesses, each a connection the daemon sees
 MAX_CLIENTS = 4096  # front and events connections at once, unless the fd limit allows fewer
 FD_RESERVE = 512  # descriptors kept for agents' pipes, pidfds and connections, below the limit
 _ACCEPTED, _DISCONNECTED = int(zmq.EVENT_ACCEPTED), int(zmq.EVENT_DISCONNECTED)
@@ -123,6 +124,7 @@ class Authenticator:
         # agents
         self.spawned: dict[int, bytes] = {}  # pid -> routing id of the incarnation it was started for
         self.secrets: dict[bytes, bytes] = {}  # routing id -> its secret, until its process is gone
+        self.routes: dict[tuple[str, int], bytes] = {}  # (name, incarnation) -> its routing id, likewise
         self.proven: set[bytes] = set()  # routing ids whose HELLO carried their secret
         self.parked: deque[tuple[float, list[bytes], int]] = deque()  # (until, ZAP request, pid)
         self._park_timer: Timer | None = None
@@ -149,10 +151,18 @@ class Authenticator:
             self.monitors.append(sock.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED))
 
     # ---- what the spawner tells it
-    def issue(self, routing_id: bytes) -> bytes:
-        secret = secrets.token_bytes(SECRET_BYTES)
-        self.secrets[routing_id] = secret
-        return secret
+    def issue(self, name: str, incarnation: int) -> tuple[str, bytes]:
+        """A new incarnation's routing id tag and secret: both unguessable, both known only to the daemon
+        and, once it is made, that incarnation's process."""
+        tag, secret = secrets.token_hex(TAG_BYTES), secrets.token_bytes(SECRET_BYTES)
+        rid = protocol.routing_id(name, incarnation, tag)
+        self.secrets[rid] = secret
+        self.routes[(name, incarnation)] = rid
+        return tag, secret
+
+    def route(self, name: str, incarnation: int) -> bytes | None:
+        """The routing id to send to that incarnation by; None once its process is gone."""
+        return self.routes.get((name, incarnation))
 
     def admit(self, pid: int, routing_id: bytes) -> None:
         """That pid is the process started for that incarnation."""
@@ -166,6 +176,9 @@ class Authenticator:
             del self.spawned[pid]
         self.secrets.pop(routing_id, None)
         self.proven.discard(routing_id)
+        peer = protocol.parse_routing_id(routing_id)
+        if peer is not None and self.routes.get(peer) == routing_id:
+            del self.routes[peer]
 
     # ---- what the router asks
     def hello(self, routing_id: bytes, presented: object) -> bool:

@@ -208,17 +208,25 @@ def parse_agent_reply(body: Any) -> tuple[int, bool, Any]:
 
 
 @functools.lru_cache(maxsize=4096)  # every forward and heartbeat asks: the answer is always the same
-def routing_id(name: str, incarnation: int) -> bytes:
-    return f"{name}#{incarnation}".encode()
+def routing_id(name: str, incarnation: int, tag: str = "") -> bytes:
+    """`name#incarnation~tag`. The tag is random hex the daemon picks for each incarnation when it starts
+    it (DESIGN §9): libzmq keeps the first holder of a routing id, so an id anyone could work out from
+    `status` could be taken before its incarnation connects."""
+    return f"{name}#{incarnation}~{tag}".encode() if tag else f"{name}#{incarnation}".encode()
 
 
 @functools.lru_cache(maxsize=4096)  # bounded: a peer making up ids only churns the cache
 def parse_routing_id(rid: bytes) -> tuple[str, int] | None:
     """(name, incarnation) of a routing id, or None when it is not one of ours."""
-    name, sep, number = rid.decode(errors="replace").rpartition("#")
-    if not sep or not name or not number.isdigit() or len(number) > 18:
+    name, sep, rest = rid.decode(errors="replace").rpartition("#")
+    number, tilde, tag = rest.partition("~")
+    if not sep or not name or not number.isdigit() or len(number) > 18 or not _is_tag(tag) or (tilde and not tag):
         return None
     return name, int(number)
+
+
+def _is_tag(v: object) -> bool:
+    return isinstance(v, str) and len(v) <= MAX_TAG_CHARS and all(c in "0123456789abcdef" for c in v)
 
 
 # ---- the launch contract ------------------------------------------------------------------------------
@@ -226,6 +234,7 @@ LAUNCH_VERSION = 1
 LAUNCH_ENV = "SUNSETD_LAUNCH"  # where a spawner puts the encoded Launch for the agent runtime
 SECRET_FD_ENV = "SUNSETD_SECRET_FD"  # an exec'd agent's inherited pipe holding its secret (DESIGN §9)
 _ENDPOINT_SCHEMES = ("ipc://", "tcp://")
+MAX_TAG_CHARS = 32  # of a routing id's tag
 
 
 @dataclass(frozen=True)
@@ -249,11 +258,12 @@ class Launch:
     concurrency: int = 1
     config: Mapping[str, Any] = field(default_factory=dict)
     profile: str = ""  # the profile it was started in: for its process title
+    tag: str = ""  # its routing id's tag: chosen when this incarnation's process is made
     version: int = LAUNCH_VERSION
 
     @property
     def routing_id(self) -> bytes:
-        return routing_id(self.name, self.incarnation)
+        return routing_id(self.name, self.incarnation, self.tag)
 
     @property
     def title(self) -> str:
@@ -293,6 +303,7 @@ class Launch:
             "concurrency": lambda v: _is_int(v) and v >= 1,
             "config": lambda v: isinstance(v, dict),
             "profile": lambda v: isinstance(v, str),
+            "tag": _is_tag,
         }
         unknown = set(raw) - set(checks) - {"version"}
         if unknown:

@@ -139,9 +139,12 @@ class Router:
             self.execute(self.mcp.forward(p, d.incarnation))
             return
         frame = protocol.pack({"id": p.rid, "op": p.op, "body": p.body, "deadline": p.deadline + self._wall_offset})
+        peer = self.auth.route(p.to, d.incarnation)
+        if peer is None:  # its process is gone though the book has not heard yet
+            self.execute(self.book.forward_failed(p, peer_gone=True))
+            return
         try:
-            self.agents.send_multipart([protocol.routing_id(p.to, d.incarnation), Kind.REQUEST.value, frame],
-                                       flags=NOBLOCK)
+            self.agents.send_multipart([peer, Kind.REQUEST.value, frame], flags=NOBLOCK)
         except zmq.Again:
             self.execute(self.book.forward_failed(p, peer_gone=False))
         except zmq.ZMQError:  # EHOSTUNREACH: its connection is gone though its exit is not seen yet
@@ -284,7 +287,10 @@ class Router:
 
     def send(self, name: str, incarnation: int, kind: Kind, body: Any = None) -> bool:
         """A frame to one incarnation (the supervisor's heartbeats and STOP)."""
-        frames = [protocol.routing_id(name, incarnation), kind.value]
+        peer = self.auth.route(name, incarnation)
+        if peer is None:
+            return False
+        frames = [peer, kind.value]
         if body is not None:
             frames.append(protocol.pack(body))
         try:

@@ -20,7 +20,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
@@ -264,10 +264,11 @@ class LocalHandle:
         self.input: InputPipe | None = None  # its stdin, when it speaks a protocol there (MCP)
         self.notify: NotifySocket | None = None  # its NOTIFY_SOCKET, when its readiness is sd_notify
         self.secret = b""  # a Python agent's proof, in HELLO, that it is this process (sunsetd.auth)
+        self.routing_id = routing_id(name, incarnation)  # with its tag once the gate issued one
         self._early_signals: list[int] = []
 
     def __repr__(self) -> str:
-        return f"<{type(self).__name__} {routing_id(self.name, self.incarnation).decode()} pid={self.pid}>"
+        return f"<{type(self).__name__} {self.routing_id.decode()} pid={self.pid}>"
 
     def signal(self, sig: int) -> None:
         if self.reaped:
@@ -398,15 +399,20 @@ class LocalSpawner:
         return False
 
     # ---- making processes
-    def _issue_secret(self, handle: LocalHandle) -> None:
-        if self.gate is not None:
-            handle.secret = self.gate.issue(routing_id(handle.name, handle.incarnation))
+    def _issue_identity(self, handle: LocalHandle, launch: Launch) -> Launch:
+        """Its secret and its routing id's tag: the launch it is given carries the tag."""
+        if self.gate is None or launch.tag:  # none to give, or given already (a fork that fell back to exec)
+            return launch
+        tag, handle.secret = self.gate.issue(handle.name, handle.incarnation)
+        launch = replace(launch, tag=tag)
+        handle.routing_id = launch.routing_id
+        return launch
 
     def _start_agent(self, handle: LocalHandle, launch: Launch) -> None:
+        launch = self._issue_identity(handle, launch)
         env = {**self.env, **handle.settings.environment(), LAUNCH_ENV: launch.encode()}
         if handle.settings.cwd is not None:  # run targets stay importable from the daemon's directory, as forked
             env["PYTHONPATH"] = os.pathsep.join(p for p in (os.getcwd(), env.get("PYTHONPATH")) if p)
-        self._issue_secret(handle)
         try:  # its secret on a pipe it inherits: never in argv or the environment, which others may read
             secret_r, secret_w = os.pipe2(os.O_CLOEXEC)
         except OSError as exc:
@@ -479,7 +485,7 @@ class LocalSpawner:
         handle.pid, handle.popen, handle.outputs = pid, popen, outputs
         handle.started_at = self.timers.now()
         if handle.secret and self.gate is not None:
-            self.gate.admit(pid, routing_id(handle.name, handle.incarnation))  # its connection will be admitted
+            self.gate.admit(pid, handle.routing_id)  # its connection will be admitted
         try:
             handle.pidfd = os.pidfd_open(pid)
         except OSError:  # gone and reaped already: impossible for our child, but never leave it unwatched
@@ -504,7 +510,7 @@ class LocalSpawner:
 
     def _forget(self, handle: LocalHandle) -> None:
         if handle.secret and self.gate is not None:
-            self.gate.forget(handle.pid, routing_id(handle.name, handle.incarnation))
+            self.gate.forget(handle.pid, handle.routing_id)
 
     def _failed(self, handle: LocalHandle, error: str) -> None:
         handle.reaped = True
@@ -717,8 +723,7 @@ class ForkSpawner(LocalSpawner):
         if self.server is None:
             super()._start_agent(handle, launch)
             return
-        self._issue_secret(handle)
-        self.server.submit(handle, launch)
+        self.server.submit(handle, self._issue_identity(handle, launch))
 
     def _on_forked(self, handle: LocalHandle, pid: int, outputs: dict[int, tuple[str, LineReader]]) -> None:
         self._started(handle, pid, outputs)

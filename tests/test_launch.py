@@ -22,6 +22,8 @@ def test_a_launch_survives_encoding_and_names_its_routing_id():
     original = launch()
     assert Launch.decode(original.encode()) == original
     assert original.routing_id == b"vision.detector#3"
+    tagged = launch(tag="0123456789abcdef")
+    assert Launch.decode(tagged.encode()) == tagged and tagged.routing_id == b"vision.detector#3~0123456789abcdef"
 
 
 def test_the_process_title_names_agent_incarnation_profile_and_runtime_dir():
@@ -63,5 +65,7 @@ def test_the_spawner_makes_a_launch_from_a_profile_entry():
 def test_routing_ids_round_trip_and_anything_else_is_not_one():
     assert parse_routing_id(routing_id("a.b-c", 12)) == ("a.b-c", 12)
     assert parse_routing_id(b"name#with#hashes#4") == ("name#with#hashes", 4)
-    for junk in (b"", b"#3", b"A#", b"A#x", b"A3", b"\x00k\x8bEg", b"A#" + b"9" * 40):
+    assert parse_routing_id(routing_id("A", 2, "00ff")) == ("A", 2)
+    for junk in (b"", b"#3", b"A#", b"A#x", b"A3", b"\x00k\x8bEg", b"A#" + b"9" * 40, b"A#2~", b"A#2~XY",
+                 b"A#2~" + b"0" * 33, b"A#~00"):
         assert parse_routing_id(junk) is None
