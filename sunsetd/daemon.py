@@ -33,7 +33,7 @@ from sunsetd.mcpchannel import McpChannel
 from sunsetd.metrics import Metrics
 from sunsetd.policy import Transition
 from sunsetd.probes import Prober
-from sunsetd.profile import Profile, ProfileError, load_profile
+from sunsetd.profile import Profile
 from sunsetd.reload import ReloadOutcome, ReloadPlan
 from sunsetd.requestbook import AgentView, RequestBook
 from sunsetd.router import Router
@@ -48,9 +48,9 @@ KEPT_RELOADS = 16  # outcomes kept for `reload_wait`
 
 @dataclass(eq=False)
 class _ReloadJob:
-    """A reload between reading the profile and applying it: its run targets are being checked."""
+    """A reload between asking for it and applying it: a child reads the profile and checks its targets."""
 
-    profile: Profile
+    profile: Profile | None  # once the child has handed it over
     on_applied: Callable[[ReloadOutcome | ReloadPlan | list[str]], None] | None
     profile_arg: str = ""  # what later reloads read, once this one is applied
     dry_run: bool = False  # answered with the plan; nothing is applied
@@ -230,20 +230,11 @@ class Daemon:
         if not dry_run:
             self.notifier.reloading()
         arg = profile_arg or self.profile_arg
-        try:
-            profile = load_profile(arg)
-        except (ProfileError, Exception) as exc:  # noqa: BLE001 - whatever it is, the reload gets its answer
-            errors = exc.errors if isinstance(exc, ProfileError) else [
-                f"{arg[:200]}: cannot be read as a profile ({type(exc).__name__}: {str(exc)[:200]})"]
-            job = _ReloadJob(self.supervisor.profile, on_applied, arg, dry_run, errors=errors)
-            self._reload_jobs.append(job)
-            self._apply_reloads()
-            return
-        job = _ReloadJob(profile, on_applied, arg, dry_run)
+        job = _ReloadJob(None, on_applied, arg, dry_run)
         self._reload_jobs.append(job)
-        job.check = self.spawner.spawn_helper(
-            "runcheck", runcheck.command(sys.executable, (a.run for a in profile.agents if a.run)),
-            lambda event: self._on_check_event(job, event))
+        # read in the child too: reading may take a second, which on this loop every agent would notice
+        job.check = self.spawner.spawn_helper("runcheck", runcheck.command(sys.executable, profile=arg),
+                                              lambda event: self._on_check_event(job, event))
         job.timer = self.timers.call_later(runcheck.CHECK_TIMEOUT_S, job.check.kill)
 
     def _on_check_event(self, job: _ReloadJob, event: ProcessEvent) -> None:
@@ -253,7 +244,7 @@ class Daemon:
             self.timers.cancel(job.timer)
             failure = event.error if isinstance(event, SpawnFailed) else \
                 f"the check {event.description}: {job.stderr[-1] if job.stderr else 'no output'}"
-            job.errors = runcheck.profile_errors(job.profile, runcheck.parse_results(job.lines), failure)
+            job.profile, job.errors = runcheck.reload_answer(job.lines, job.profile_arg, failure)
             self._apply_reloads()
 
     def _apply_reloads(self) -> None:

@@ -523,6 +523,7 @@ _AGENT_ONLY: dict[str, Callable[[Any], Any]] = {
     "config": _config,
 }
 MAX_PROFILE_NAME = 100
+MAX_AGENTS = 1000  # in a profile with all it extends: each is a process, and a reload hands them all over
 _AGENT_FIELDS = {**_SETTINGS, **_AGENT_ONLY}
 _TOP_LEVEL = {"name", "extends", "description", "limits", "defaults", "agents"}
 _LIMITS: dict[str, Callable[[Any], Any]] = {"memory_mb": _optional(_int(1))}
@@ -1056,6 +1057,9 @@ def load_profile(name_or_path: str) -> Profile:
             elif name in specs and dep in specs and specs[dep].lazy and not specs[name].lazy:
                 errors.append(f"{origins[name]}: agent {name!r}: field 'depends_on': eager agent "
                               f"cannot depend on lazy agent {dep!r}")
+    if len(merged.agents) > MAX_AGENTS:
+        errors.append(f"{path}: field 'agents': {len(merged.agents)} agents with all it extends, over the "
+                      f"limit of {MAX_AGENTS}")
     levels = _levels(specs, origins, errors)
     if not merged.agents and not errors:
         errors.append(f"{path}: field 'agents': the profile has no agents")

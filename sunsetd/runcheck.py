@@ -9,24 +9,77 @@ child, `python -m sunsetd.runcheck TARGET...`, which prints one JSON line per ta
 `Check` runs the child for `sunsetd --check` and the daemon's start (it starts at once and is waited
 for when its answer is needed); the daemon's reload runs the same child through its spawner, without
 blocking its loop, and reads the same lines (`parse_results`, `profile_errors`).
+
+A reload's child also reads the profile (`python -m sunsetd.runcheck --profile ARG`): a profile may take
+a second to read (a chain of files near their limits), which on the daemon's loop would silence every
+heartbeat. Before it imports anything of the user's, the child writes either the profile's errors or
+the checked profile itself (pickled: a few ms to unpack for a thousand agents), which the daemon
+unpacks admitting only sunsetd's own profile classes (`reload_answer`).
 """
 from __future__ import annotations
 
+import base64
+import binascii
+import io
 import json
 import os
+import pickle
 import subprocess
 import sys
 import traceback
+from pathlib import PosixPath
 from typing import Iterable
 
-from sunsetd.profile import Profile
+from sunsetd.profile import Profile, ProfileError, load_profile
 
 CHECK_TIMEOUT_S = 60.0
 MAX_ERROR = 400  # characters of an import error kept in the one-line message
+MAX_HANDOVER = 6 * 1024 * 1024  # characters of the line that carries a checked profile (under the reader's 8 MiB)
+_PROFILE_MODULES = ("sunsetd.profile", "sunsetd.procsettings", "sunsetd.probes")
 
 
-def command(python: str, targets: Iterable[str]) -> list[str]:
+def command(python: str, targets: Iterable[str] = (), profile: str | None = None) -> list[str]:
+    """The check of these targets, or (with `profile`) the reading of that profile and its targets."""
+    if profile is not None:
+        return [python, "-m", "sunsetd.runcheck", "--profile", profile]
     return [python, "-m", "sunsetd.runcheck", *sorted(set(targets))]
+
+
+class _ProfileUnpickler(pickle.Unpickler):
+    """Only the classes a Profile is made of: a line that names anything else is not one of ours."""
+
+    def find_class(self, module: str, name: str) -> type:
+        if (module, name) == ("pathlib", "PosixPath"):
+            return PosixPath
+        if module in _PROFILE_MODULES:
+            found = getattr(sys.modules[module], name, None)
+            if isinstance(found, type):
+                return found
+        raise pickle.UnpicklingError(f"{module}.{name} is not part of a profile")
+
+
+def reload_answer(lines: Iterable[str], profile_arg: str, failure: str) -> tuple[Profile | None, list[str]]:
+    """(the profile, its errors) from a `--profile` child's stdout lines: errors empty when it may be
+    applied; the profile None when it could not be read (errors say why)."""
+    lines = list(lines)
+    for line in lines:
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if not isinstance(entry, dict):
+            continue
+        if isinstance(entry.get("profile_errors"), list):
+            return None, [str(e) for e in entry["profile_errors"]] or [f"{profile_arg[:200]}: refused"]
+        if isinstance(entry.get("profile"), str):
+            try:
+                profile = _ProfileUnpickler(io.BytesIO(base64.b64decode(entry["profile"], validate=True))).load()
+            except (binascii.Error, pickle.UnpicklingError, EOFError, AttributeError, TypeError, ValueError) as exc:
+                return None, [f"{profile_arg[:200]}: the check's answer is not a profile ({exc})"]
+            if not isinstance(profile, Profile):
+                return None, [f"{profile_arg[:200]}: the check's answer is not a profile"]
+            return profile, profile_errors(profile, parse_results(lines), failure)
+    return None, [f"{profile_arg[:200]}: cannot be read as a profile ({failure})"]
 
 
 def parse_results(lines: Iterable[str]) -> dict[str, str | None]:
@@ -125,10 +178,34 @@ def _check(target: str) -> str | None:
     return None
 
 
-def main(targets: list[str]) -> int:
+def _read_profile(arg: str, results: io.TextIOBase) -> list[str] | None:
+    """Read the profile and write it, or its errors, as the first line; the targets to check after."""
+    try:
+        profile = load_profile(arg)
+    except ProfileError as exc:
+        answer = {"profile_errors": exc.errors}
+    except Exception as exc:  # noqa: BLE001 - whatever it is, the reload gets its answer
+        answer = {"profile_errors": [f"{arg[:200]}: cannot be read as a profile ({type(exc).__name__}: "
+                                     f"{str(exc)[:200]})"]}
+    else:
+        blob = base64.b64encode(pickle.dumps(profile, protocol=pickle.HIGHEST_PROTOCOL)).decode()
+        if len(blob) <= MAX_HANDOVER:
+            answer = {"profile": blob}
+        else:
+            answer = {"profile_errors": [f"{profile.path}: {len(blob)} characters to hand to the daemon, over "
+                                         f"the {MAX_HANDOVER} a reload takes: fewer agents or a smaller config"]}
+    results.write(json.dumps(answer) + "\n")
+    results.flush()
+    return None if "profile_errors" in answer else sorted({a.run for a in profile.agents if a.run})
+
+
+def main(args: list[str]) -> int:
     results = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)  # what imported modules print is not our answer (`run: this:X` prints the Zen of Python)
     sys.stdout = sys.stderr
+    targets = args
+    if args[:1] == ["--profile"] and len(args) == 2:
+        targets = _read_profile(args[1], results) or []  # before any user code is imported
     for target in targets:
         try:
             error = _check(target)

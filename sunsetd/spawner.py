@@ -381,9 +381,10 @@ class LocalSpawner:
         return handle
 
     def spawn_helper(self, name: str, argv: list[str], listener: Listener) -> LocalHandle:
-        """A short-lived helper (a check of run targets): a child like any other, not an agent."""
+        """A short-lived helper (a reload's check): a child like any other, not an agent. Its stdout
+        lines may be long (it hands over a whole profile)."""
         handle = LocalHandle(name, 0, listener)
-        self._exec(handle, argv, self.env)
+        self._exec(handle, argv, self.env, long_lines=True)
         return handle
 
     def close(self) -> None:
@@ -427,13 +428,13 @@ class LocalSpawner:
 
     def _exec(self, handle: LocalHandle, argv: list[str], env: dict,
               settings: ProcessSettings = ProcessSettings(), speaks_on_stdio: bool = False,
-              pass_fds: tuple[int, ...] = ()) -> None:
+              pass_fds: tuple[int, ...] = (), long_lines: bool = False) -> None:
         """Never raises: a process that cannot be made is a SpawnFailed event, like any other news.
         One that `speaks_on_stdio` gets a pipe for its stdin, and its stdout lines may be long.
         `pass_fds` are inherited by the child and closed here."""
         in_r = in_w = None
         try:
-            outputs, (out_w, err_w) = _pipes(MAX_MESSAGE_LINE if speaks_on_stdio else MAX_LINE)
+            outputs, (out_w, err_w) = _pipes(MAX_MESSAGE_LINE if speaks_on_stdio or long_lines else MAX_LINE)
             if speaks_on_stdio:
                 try:
                     in_r, in_w = os.pipe2(os.O_CLOEXEC)

@@ -293,3 +293,48 @@ def test_a_file_too_large_or_too_deep_is_one_line(tmp_path):
     with pytest.raises(ProfileError) as info:
         load_profile(str(p))
     assert "nested too deeply" in info.value.errors[0] or "invalid YAML" in info.value.errors[0]
+
+
+def test_a_reloads_child_hands_over_the_profile_and_nothing_else(tmp_path):
+    # the child of a reload reads the profile; the daemon unpacks what it wrote admitting only profile classes
+    import base64
+    import json
+    import os
+    import pickle
+
+    from sunsetd import runcheck
+
+    out = subprocess.run(runcheck.command(sys.executable, profile="core"), capture_output=True, text=True,
+                         timeout=60)
+    profile, errors = runcheck.reload_answer(out.stdout.splitlines(), "core", "exit 0")
+    assert errors == [] and profile == load_profile("core")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: bad\nagents:\n  - {name: A, run: 'agents.testing:Nope'}\n  - {name: B, run: 'x:Y', liveness: 0}\n")
+    out = subprocess.run(runcheck.command(sys.executable, profile=str(bad)), capture_output=True, text=True, timeout=60)
+    profile, errors = runcheck.reload_answer(out.stdout.splitlines(), str(bad), "exit 0")
+    assert profile is None and len(errors) == 1 and "field 'liveness'" in errors[0]
+    bad.write_text("name: bad\nagents:\n  - {name: A, run: 'agents.testing:Nope'}\n")
+    out = subprocess.run(runcheck.command(sys.executable, profile=str(bad)), capture_output=True, text=True, timeout=60)
+    profile, errors = runcheck.reload_answer(out.stdout.splitlines(), str(bad), "exit 0")
+    assert profile is not None and len(errors) == 1 and "has no 'Nope'" in errors[0]
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("touch " + str(tmp_path / "owned"),))
+
+    for forged in (pickle.dumps(Evil()), pickle.dumps({"not": "a profile"}), b"\x80junk"):
+        line = json.dumps({"profile": base64.b64encode(forged).decode()})
+        profile, errors = runcheck.reload_answer([line], "p", "exit 0")
+        assert profile is None and len(errors) == 1 and "not a profile" in errors[0], errors
+    assert not (tmp_path / "owned").exists()
+    assert runcheck.reload_answer(["garbage"], "p", "the check exited with 1: boom") == (
+        None, ["p: cannot be read as a profile (the check exited with 1: boom)"])
+
+
+def test_a_profile_holds_at_most_a_thousand_agents(tmp_path):
+    path = tmp_path / "many.yaml"
+    path.write_text("name: many\nagents:\n" + "".join(f"  - {{name: A{i}, run: 'agents.testing:Echo', lazy: true}}\n"
+                                                       for i in range(1001)))
+    with pytest.raises(ProfileError) as err:
+        load_profile(str(path))
+    assert err.value.errors == [f"{path}: field 'agents': 1001 agents with all it extends, over the limit of 1000"]

@@ -258,3 +258,34 @@ def test_the_daemon_never_imports_agent_code_and_finds_a_class_added_since(start
     d.wait_agent("Second", lambda a: a["state"] == "ready", what="the added class running")
     importers = {int(line) for line in imports.read_text().split()}
     assert d.proc.pid not in importers and len(importers) >= 3  # the checks at start and reload, the agents
+
+
+def test_a_profile_slow_to_read_never_stalls_the_loop(start_daemon, profile_file):
+    # found: the daemon parsed a reloaded profile on its event loop. A chain of files each near the
+    # value limit stalled it for seconds (every agent then exits "sunsetd silent"). Now a child reads
+    # it and hands the checked profile over; the loop only unpacks it.
+    d = start_daemon(profile_file)
+    before = pids(d)
+    agents = "".join(f"  - {{name: L{{n}}x{i}, run: 'agents.testing:Echo', lazy: true, config: {{k: {i}}}}}\n"
+                     for i in range(1400))
+    parent = None
+    for n in range(6):  # each file about 150 ms to read on this machine: about 1 s in all
+        part = profile_file.parent / f"part{n}.yaml"
+        part.write_text(f"name: part{n}\n" + (f"extends: {parent}\n" if parent else "") + "agents:\n"
+                        + agents.replace("{n}", str(n)))
+        parent = part.stem  # by name: looked up beside the extending file
+    profile_file.write_text(f"name: heavy\nextends: {parent}\nagents:\n  - {{name: A, run: 'agents.testing:Echo', "
+                            "heartbeat_ms: 0}\n")  # and a fault at the end: refused, once all of it is read
+    gaps = []
+    with Client(d.runtime_dir) as client:
+        d.proc.send_signal(signal.SIGHUP)
+        end = time.monotonic() + 4.0
+        while time.monotonic() < end:
+            t0 = time.monotonic()
+            client.call("sunsetd", "status", {}, timeout=10)
+            gaps.append(time.monotonic() - t0)
+            time.sleep(0.02)
+    wait_until(lambda: "running set untouched" in d.log(), 30, what="the reload refused")
+    assert max(gaps) < 0.5, f"status took {max(gaps):.2f}s during the reload"
+    assert pids(d) == before  # nothing restarted: no agent heard the daemon fall silent
+    assert "heartbeat_ms" in d.log()
