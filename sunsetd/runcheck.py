@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import enum
 import io
 import json
 import os
@@ -28,7 +29,7 @@ import subprocess
 import sys
 import traceback
 from pathlib import PosixPath
-from typing import Iterable
+from typing import Any, Iterable
 
 from sunsetd.profile import Profile, ProfileError, load_profile
 
@@ -45,12 +46,25 @@ def command(python: str, targets: Iterable[str] = (), profile: str | None = None
     return [python, "-m", "sunsetd.runcheck", *sorted(set(targets))]
 
 
+def _enum_member(cls: Any, name: str) -> enum.Enum:
+    """What some Pythons pickle an enum member as, `getattr(cls, name)`, for profile enums only: a
+    getattr on anything else could reach any attribute of any object."""
+    if not (isinstance(cls, type) and issubclass(cls, enum.Enum) and cls.__module__ in _PROFILE_MODULES):
+        raise pickle.UnpicklingError(f"getattr of {cls!r} is not part of a profile")
+    try:
+        return cls[name]
+    except KeyError:
+        raise pickle.UnpicklingError(f"{cls.__name__} has no member {name!r}") from None
+
+
 class _ProfileUnpickler(pickle.Unpickler):
     """Only the classes a Profile is made of: a line that names anything else is not one of ours."""
 
-    def find_class(self, module: str, name: str) -> type:
+    def find_class(self, module: str, name: str) -> Any:
         if (module, name) == ("pathlib", "PosixPath"):
             return PosixPath
+        if (module, name) == ("builtins", "getattr"):
+            return _enum_member
         if module in _PROFILE_MODULES:
             found = getattr(sys.modules[module], name, None)
             if isinstance(found, type):

@@ -298,6 +298,7 @@ def test_a_file_too_large_or_too_deep_is_one_line(tmp_path):
 def test_a_reloads_child_hands_over_the_profile_and_nothing_else(tmp_path):
     # the child of a reload reads the profile; the daemon unpacks what it wrote admitting only profile classes
     import base64
+    import io
     import json
     import os
     import pickle
@@ -327,6 +328,22 @@ def test_a_reloads_child_hands_over_the_profile_and_nothing_else(tmp_path):
         profile, errors = runcheck.reload_answer([line], "p", "exit 0")
         assert profile is None and len(errors) == 1 and "not a profile" in errors[0], errors
     assert not (tmp_path / "owned").exists()
+    # found under systemd (Debian's 3.11.2): enum members were pickled as getattr(cls, name), which is
+    # admitted for profile enums alone; a getattr of anything else could reach any object's attributes
+    class ByName:
+        def __init__(self, cls, name):
+            self.cls, self.name = cls, name
+
+        def __reduce__(self):
+            return (getattr, (self.cls, self.name))
+
+    by_name = pickle.dumps(ByName(RestartMode, "ALWAYS"))
+    assert runcheck._ProfileUnpickler(io.BytesIO(by_name)).load() is RestartMode.ALWAYS
+    from pathlib import PosixPath
+    for forged in (pickle.dumps(ByName(PosixPath, "__init__")), pickle.dumps(ByName(RestartMode, "__init__"))):
+        line = json.dumps({"profile": base64.b64encode(forged).decode()})
+        profile, errors = runcheck.reload_answer([line], "p", "exit 0")
+        assert profile is None and "not a profile" in errors[0], errors
     assert runcheck.reload_answer(["garbage"], "p", "the check exited with 1: boom") == (
         None, ["p: cannot be read as a profile (the check exited with 1: boom)"])
 

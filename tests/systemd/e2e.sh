@@ -203,7 +203,8 @@ IN journalctl -u sunsetd --no-pager -o cat | grep -q "Watchdog timeout" && [ "$p
 info "systemctl reload"
 if INT 130 systemctl reload sunsetd; then ok "systemctl reload returned 0"; else bad "reload failed"; fi
 sleep 0.5
-IN journalctl -u sunsetd --no-pager -o cat EVENT=reload | grep -q "done" && ok "the daemon reloaded its profile" || bad "no reload in the journal"
+IN journalctl -u sunsetd --no-pager -o cat EVENT=reload | grep -q "done" && ok "the daemon reloaded its profile" \
+  || { bad "no reload in the journal"; IN journalctl -u sunsetd --no-pager -o cat EVENT=reload | tail -5; }
 [ "$(IN systemctl is-active sunsetd)" = active ] && ok "still active after reload" || bad "inactive after reload"
 info "systemctl reload of an invalid profile"
 IN cp /etc/sunsetd/profiles/core.yaml /root/core.yaml.good
