@@ -113,6 +113,7 @@ def one_run(profile_name: str, profile, poll_s: float, timeout: float, spawner: 
         if status.get("state") != "running":
             raise RuntimeError(f"log says ready but status says {status.get('state')}: {status.get('counts')}")
         result["counts"] = status["counts"]
+        result["restarts"] = sum(a.get("restarts", 0) for a in status["agents"])  # during the start: a storm
         m = m or ready_line(d.log())
         if m:
             result["running_log"] = m["t"] - wall0
@@ -172,7 +173,8 @@ def main() -> int:
               f"{c.ms(r['running_status'])} ms, running (log) {c.ms(r.get('running_log', float('nan')), 0)} ms, "
               f"daemon startup_ms {c.ms(r.get('startup_ms', float('nan')), 0)}, "
               f"stop {c.ms(r['stop'] if r['stop'] is not None else float('nan'), 0)} ms; "
-              f"{r['counts']['essential_ready']}/{r['counts']['essential']} essential ready", flush=True)
+              f"{r['counts']['essential_ready']}/{r['counts']['essential']} essential ready; "
+              f"{r['restarts']} restarts", flush=True)
         chain = r["chain"]
         if chain:
             starts = sum(ready - spawned for _, spawned, ready in chain)

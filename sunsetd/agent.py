@@ -143,6 +143,7 @@ class AgentRuntime:
         self.incarnation = launch.incarnation
         self.heartbeat_s = launch.heartbeat_ms / 1000.0
         self.liveness = launch.liveness
+        self.first_word_s = launch.start_timeout_s + launch.liveness * self.heartbeat_s
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.IDENTITY, launch.routing_id)
@@ -344,6 +345,7 @@ class AgentRuntime:
                                 "secret": self.secret})
         threading.Thread(target=self._run_setup, name="setup", daemon=True).start()
         last_heard = time.monotonic()
+        silence_s = self.first_word_s  # until the daemon first speaks; then liveness heartbeats
         next_beat = last_heard + self.heartbeat_s
         teardown: threading.Thread | None = None
         while True:
@@ -365,6 +367,7 @@ class AgentRuntime:
             for sock, _ in self.poller.poll(timeout_ms):
                 if sock is self.sock:
                     last_heard = time.monotonic()
+                    silence_s = self.liveness * self.heartbeat_s
                     for _ in range(256):
                         try:
                             self._on_daemon_message(self.sock.recv_multipart(zmq.NOBLOCK))
@@ -390,7 +393,7 @@ class AgentRuntime:
             if now >= next_beat:
                 self._send(Kind.HEARTBEAT)
                 next_beat = now + self.heartbeat_s
-            if now - last_heard > self.liveness * self.heartbeat_s and self.stopping_since is None:
+            if now - last_heard > silence_s and self.stopping_since is None:
                 if self.sock.poll(0):
                     continue  # we were the slow one (a handler held the GIL): read what the daemon sent
                 print(f"sunsetd silent for {now - last_heard:.2f}s: exiting", file=sys.stderr, flush=True)

@@ -259,6 +259,9 @@ class Launch:
     config: Mapping[str, Any] = field(default_factory=dict)
     profile: str = ""  # the profile it was started in: for its process title
     tag: str = ""  # its routing id's tag: chosen when this incarnation's process is made
+    # how long the agent waits for the daemon's first word: a daemon starting many agents at once may
+    # read a HELLO late, and a start under load is not a lost daemon (its start timeout bounds it)
+    start_timeout_s: float = 10.0
     version: int = LAUNCH_VERSION
 
     @property
@@ -304,6 +307,7 @@ class Launch:
             "config": lambda v: isinstance(v, dict),
             "profile": lambda v: isinstance(v, str),
             "tag": _is_tag,
+            "start_timeout_s": lambda v: _is_number(v) and v > 0,
         }
         unknown = set(raw) - set(checks) - {"version"}
         if unknown:

@@ -239,7 +239,8 @@ def launch_of(spec: AgentSpec, incarnation: int, agents_endpoint: str, front_end
     return Launch(name=spec.name, incarnation=incarnation, agents_endpoint=agents_endpoint,
                   front_endpoint=front_endpoint, heartbeat_ms=spec.heartbeat_ms, liveness=spec.liveness,
                   stop_timeout_s=spec.stop_timeout_s, parent_pid=parent_pid, run=spec.run,
-                  concurrency=spec.concurrency, config=spec.config, profile=profile)
+                  concurrency=spec.concurrency, config=spec.config, profile=profile,
+                  start_timeout_s=spec.start_timeout_s)
 
 
 # ---- local processes -----------------------------------------------------------------------------------

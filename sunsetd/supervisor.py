@@ -652,6 +652,7 @@ class Supervisor:
         slot.last_heard = now
         if kind is Kind.HELLO and not slot.hello:
             slot.hello = True
+            self._channel(slot).send(slot.name, incarnation, Kind.HEARTBEAT)  # it hears us at once
             self._schedule_heartbeat(slot, now)
         elif kind is Kind.READY:
             self._apply(slot, slot.lifecycle.ready(now))
@@ -765,13 +766,19 @@ class Supervisor:
         slot.heartbeat_timer = self.timers.call_at(now + delay, lambda: self._heartbeat(slot))
 
     def _heartbeat(self, slot: AgentSlot) -> None:
-        """Send our heartbeat, and judge the agent's: silent for `liveness` intervals means hung."""
+        """Send our heartbeat, and judge the agent's once it is ready: silent for `liveness` intervals
+        means hung. While it starts, only its start timeout judges it: a start under load, or a setup()
+        that holds the GIL, is not a hang."""
         slot.heartbeat_timer = None
         handle = slot.handle
         if handle is None or slot.state not in (State.STARTING, State.READY):
             return
         now = self.timers.now()
         channel = self._channel(slot)
+        if slot.state is State.STARTING:
+            channel.send(slot.name, handle.incarnation, Kind.HEARTBEAT)
+            self._schedule_heartbeat(slot, now)
+            return
         verdict = health.heartbeat_verdict(now, slot.last_heard, slot.spec.heartbeat_ms, slot.spec.liveness,
                                            channel.unread)
         if verdict is health.Heartbeat.HUNG:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -69,3 +70,54 @@ def test_routing_ids_round_trip_and_anything_else_is_not_one():
     for junk in (b"", b"#3", b"A#", b"A#x", b"A3", b"\x00k\x8bEg", b"A#" + b"9" * 40, b"A#2~", b"A#2~XY",
                  b"A#2~" + b"0" * 33, b"A#~00"):
         assert parse_routing_id(junk) is None
+
+
+def _agent_against_a_silent_daemon(tmp_path, answer_after_s: float | None) -> tuple[int, float, str]:
+    """A real agent process whose 'daemon' is a bare ROUTER that reads its HELLO and says nothing, or
+    says one heartbeat after `answer_after_s` and nothing more. (exit code, seconds it lived, stderr)."""
+    import subprocess
+    import sys
+    import time
+
+    import zmq
+
+    from sunsetd.protocol import LAUNCH_ENV, Kind
+
+    ctx = zmq.Context()
+    router = ctx.socket(zmq.ROUTER)
+    router.bind(f"ipc://{tmp_path}/agents.sock")
+    fields = dict(name="Slow", incarnation=1, agents_endpoint=f"ipc://{tmp_path}/agents.sock",
+                  front_endpoint=f"ipc://{tmp_path}/front.sock", heartbeat_ms=100, liveness=3, stop_timeout_s=1.0,
+                  parent_pid=0, run="agents.testing:Echo", start_timeout_s=1.0)
+    env = {**os.environ, LAUNCH_ENV: Launch(**fields).encode()}
+    t0 = time.monotonic()
+    proc = subprocess.Popen([sys.executable, "-m", "sunsetd.agent", "Slow#1"], env=env, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        peer, spoke = None, False
+        while proc.poll() is None and time.monotonic() - t0 < 10:
+            if router.poll(20):
+                peer = router.recv_multipart()[0]
+            if peer and answer_after_s is not None and not spoke and time.monotonic() - t0 > answer_after_s:
+                router.send_multipart([peer, Kind.HEARTBEAT.value])
+                spoke = True
+        code = proc.wait(timeout=10)
+        return code, time.monotonic() - t0, proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        router.close(0)
+        ctx.term()
+
+
+def test_an_agent_waits_for_the_daemons_first_word_as_long_as_a_start_may_take(tmp_path):
+    # found in #12: 77 agents started at once all exited "sunsetd silent for 0.75s": the daemon had not
+    # read their HELLOs yet. Before the daemon's first word an agent waits start_timeout_s + liveness
+    code, lived, err = _agent_against_a_silent_daemon(tmp_path, answer_after_s=None)
+    assert code == 3 and "sunsetd silent for 1.3" in err and 1.2 < lived < 5, (code, lived, err)
+
+
+def test_once_the_daemon_has_spoken_liveness_applies(tmp_path):
+    code, lived, err = _agent_against_a_silent_daemon(tmp_path, answer_after_s=0.6)  # a late first word
+    assert code == 3 and "sunsetd silent for 0.3" in err and 0.8 < lived < 1.3 + 1.0, (code, lived, err)

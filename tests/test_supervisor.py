@@ -49,10 +49,27 @@ def test_transition_starting_to_ready_then_heartbeats_both_ways():
     h = Harness(profile(spec("A"))).start()
     h.hello("A", ready=False)
     assert h.state("A") is State.STARTING  # HELLO is not READY: setup() may still be running
+    assert h.channel.kinds("A") == [Kind.HEARTBEAT]  # a HELLO is answered at once: the agent hears us
     h.sup.on_agent_message("A", 1, Kind.READY, None)
     assert h.state("A") is State.READY
     h.live(0.35)
-    assert h.channel.kinds("A").count(Kind.HEARTBEAT) == 3  # every heartbeat_ms (100)
+    assert h.channel.kinds("A").count(Kind.HEARTBEAT) == 1 + 3  # then every heartbeat_ms (100)
+
+
+def test_transition_starting_is_never_hung_its_setup_counts_against_the_start_timeout_only():
+    # found in #12: 77 agents started at once were all restarted during the start. A setup() that holds
+    # the GIL, or a daemon that reads HELLOs late, is a slow start, judged by start_timeout_s alone
+    h = Harness(profile(spec("A", start_timeout_s=2.0))).start()
+    h.hello("A", ready=False)
+    h.clock.advance(1.5)  # silent for five times its liveness (heartbeat_ms 100 x 3)
+    assert h.state("A") is State.STARTING and h.sup.slots["A"].heartbeat_misses == 0
+    assert h.channel.kinds("A").count(Kind.HEARTBEAT) >= 10  # we kept speaking to it all along
+    h.sup.on_agent_message("A", 1, Kind.READY, None)
+    assert h.state("A") is State.READY
+    h.clock.advance(0.25)
+    assert h.state("A") is State.READY  # liveness counts from READY
+    h.clock.advance(0.1)
+    assert h.state("A") is State.STOPPING and "hung: no heartbeat" in h.sup.slots["A"].lifecycle.reason
 
 
 def test_transition_starting_to_stopping_when_not_ready_within_the_start_timeout():
