@@ -205,8 +205,10 @@ class Controller:
         {profile: NAME|PATH} switches to another profile; {dry_run: true} answers what would change."""
         body = p.body if isinstance(p.body, dict) else {}
         profile, dry_run = body.get("profile"), body.get("dry_run", False)
-        if not (profile is None or (isinstance(profile, str) and profile)) or not isinstance(dry_run, bool):
-            self.router.fail(p, ErrorCode.BAD_REQUEST, "reload body: profile must be a name or path, dry_run a boolean")
+        if not (profile is None or (isinstance(profile, str) and profile and "\0" not in profile)) \
+                or not isinstance(dry_run, bool):
+            self.router.fail(p, ErrorCode.BAD_REQUEST, "reload body: profile must be a name or path (no NUL), "
+                                                       "dry_run a boolean")
             return
         if profile is not None and not self.profile_paths and is_profile_path(profile):
             self.router.fail(p, ErrorCode.BAD_REQUEST, "with --socket-group, reload --profile takes the name of a "

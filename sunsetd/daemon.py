@@ -44,6 +44,8 @@ from sunsetd.systemd import Notifier
 from sunsetd.timers import Timer, Timers
 
 KEPT_RELOADS = 16  # outcomes kept for `reload_wait`
+MAX_CHECK_LINES = 10_000  # of a reload check's stdout kept: one line per run target, and the profile
+MAX_CHECK_CHARS = 2 * runcheck.MAX_HANDOVER
 
 
 @dataclass(eq=False)
@@ -55,6 +57,7 @@ class _ReloadJob:
     profile_arg: str = ""  # what later reloads read, once this one is applied
     dry_run: bool = False  # answered with the plan; nothing is applied
     lines: list[str] = field(default_factory=list)
+    line_chars: int = 0
     stderr: deque = field(default_factory=lambda: deque(maxlen=3))
     errors: list[str] | None = None  # set once the check has ended
     timer: Timer | None = None
@@ -234,12 +237,16 @@ class Daemon:
         self._reload_jobs.append(job)
         # read in the child too: reading may take a second, which on this loop every agent would notice
         job.check = self.spawner.spawn_helper("runcheck", runcheck.command(sys.executable, profile=arg),
-                                              lambda event: self._on_check_event(job, event))
+                                              lambda event: self._on_check_event(job, event), long_lines=True)
         job.timer = self.timers.call_later(runcheck.CHECK_TIMEOUT_S, job.check.kill)
 
     def _on_check_event(self, job: _ReloadJob, event: ProcessEvent) -> None:
         if isinstance(event, Output):
-            (job.lines if event.stream == "stdout" else job.stderr).append(event.line)
+            if event.stream != "stdout":
+                job.stderr.append(event.line)
+            elif len(job.lines) < MAX_CHECK_LINES and job.line_chars < MAX_CHECK_CHARS:
+                job.lines.append(event.line)  # bounded: a module the check imports may write here too
+                job.line_chars += len(event.line)
         elif isinstance(event, (Exited, SpawnFailed)):
             self.timers.cancel(job.timer)
             failure = event.error if isinstance(event, SpawnFailed) else \

@@ -313,7 +313,7 @@ class Launch:
         if unknown:
             raise ProtocolError(f"launch has unknown field {sorted(unknown)[0]!r}")
         for key, ok in checks.items():
-            if key not in raw and key in ("run", "concurrency", "config", "profile"):
+            if key not in raw and key in ("run", "concurrency", "config", "profile", "tag", "start_timeout_s"):
                 continue
             if key not in raw or not ok(raw[key]):
                 raise ProtocolError(f"launch field {key!r} is missing or invalid: {raw.get(key)!r:.80}")

@@ -31,7 +31,7 @@ import traceback
 from pathlib import PosixPath
 from typing import Any, Iterable
 
-from sunsetd.profile import Profile, ProfileError, load_profile
+from sunsetd.profile import AgentSpec, Profile, ProfileError, load_profile
 
 CHECK_TIMEOUT_S = 60.0
 MAX_ERROR = 400  # characters of an import error kept in the one-line message
@@ -74,12 +74,27 @@ class _ProfileUnpickler(pickle.Unpickler):
 
 def reload_answer(lines: Iterable[str], profile_arg: str, failure: str) -> tuple[Profile | None, list[str]]:
     """(the profile, its errors) from a `--profile` child's stdout lines: errors empty when it may be
-    applied; the profile None when it could not be read (errors say why)."""
-    lines = list(lines)
+    applied; the profile None when it could not be read (errors say why). Never raises: the lines come
+    from a child that imports user code."""
+    try:
+        return _reload_answer(list(lines), profile_arg, failure)
+    except Exception as exc:  # noqa: BLE001 - whatever it is, the reload is refused, the daemon goes on
+        return None, [f"{profile_arg[:200]}: the check's answer is not a profile ({type(exc).__name__})"]
+
+
+def _well_formed(profile: Any) -> bool:
+    """The shape the daemon relies on, cheaply: a pickle of our own classes could still hold anything."""
+    return isinstance(profile, Profile) and isinstance(profile.agents, tuple) \
+        and all(isinstance(a, AgentSpec) and isinstance(a.name, str) for a in profile.agents) \
+        and isinstance(profile.levels, tuple) and all(isinstance(level, tuple) for level in profile.levels) \
+        and isinstance(profile.origins, dict)
+
+
+def _reload_answer(lines: list[str], profile_arg: str, failure: str) -> tuple[Profile | None, list[str]]:
     for line in lines:
         try:
             entry = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):
             continue
         if not isinstance(entry, dict):
             continue
@@ -90,7 +105,7 @@ def reload_answer(lines: Iterable[str], profile_arg: str, failure: str) -> tuple
                 profile = _ProfileUnpickler(io.BytesIO(base64.b64decode(entry["profile"], validate=True))).load()
             except (binascii.Error, pickle.UnpicklingError, EOFError, AttributeError, TypeError, ValueError) as exc:
                 return None, [f"{profile_arg[:200]}: the check's answer is not a profile ({exc})"]
-            if not isinstance(profile, Profile):
+            if not _well_formed(profile):
                 return None, [f"{profile_arg[:200]}: the check's answer is not a profile"]
             return profile, profile_errors(profile, parse_results(lines), failure)
     return None, [f"{profile_arg[:200]}: cannot be read as a profile ({failure})"]
@@ -102,7 +117,7 @@ def parse_results(lines: Iterable[str]) -> dict[str, str | None]:
     for line in lines:
         try:
             entry = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):  # what a module the check imports wrote to our answer's fd
             continue
         if isinstance(entry, dict) and isinstance(entry.get("run"), str):
             error = entry.get("error")

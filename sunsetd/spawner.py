@@ -134,7 +134,10 @@ class LineReader:
     def __init__(self, fd: int, max_line: int = MAX_LINE):
         self.fd = fd
         self.max_line = max_line
-        self.partial = b""
+        # the line still waiting for its newline, in the pieces it came in: joined once when the newline
+        # comes, so a long line costs O(n) on the loop, not O(n^2)
+        self.parts: list[bytes] = []
+        self.partial_len = 0
         self.skipping = False  # inside the rest of a line that was cut
 
     def read(self) -> tuple[list[str], bool]:
@@ -146,20 +149,30 @@ class LineReader:
         except OSError:
             data = b""
         if not data:
-            rest = [self.partial.decode(errors="replace")] if self.partial else []
-            self.partial, self.skipping = b"", False
+            rest = [b"".join(self.parts).decode(errors="replace")] if self.parts else []
+            self.parts, self.partial_len, self.skipping = [], 0, False
             return rest, True
         if self.skipping:
             end = data.find(b"\n")
             if end < 0:
                 return [], False
             data, self.skipping = data[end + 1:], False
-        chunks = (self.partial + data).split(b"\n")
-        self.partial = chunks.pop()
-        if len(self.partial) > self.max_line:
-            chunks.append(self.partial[:self.max_line] + LINE_CUT.encode())
-            self.partial, self.skipping = b"", True
-        return [c.decode(errors="replace") for c in chunks], False
+        if b"\n" not in data:  # the middle of a line: keep it, unjoined
+            self.parts.append(data)
+            self.partial_len += len(data)
+            if self.partial_len > self.max_line:
+                head = b"".join(self.parts)[:self.max_line] + LINE_CUT.encode()
+                self.parts, self.partial_len, self.skipping = [], 0, True
+                return [head.decode(errors="replace")], False
+            return [], False
+        chunks = (b"".join(self.parts) + data).split(b"\n")
+        last = chunks.pop()
+        self.parts, self.partial_len = ([last], len(last)) if last else ([], 0)
+        lines = [c[:self.max_line] + LINE_CUT.encode() if len(c) > self.max_line else c for c in chunks]
+        if self.partial_len > self.max_line:
+            lines.append(last[:self.max_line] + LINE_CUT.encode())
+            self.parts, self.partial_len, self.skipping = [], 0, True
+        return [c.decode(errors="replace") for c in lines], False
 
 
 def _pipes(stdout_line: int = MAX_LINE) -> tuple[dict[int, tuple[str, LineReader]], list[int]]:
@@ -381,11 +394,11 @@ class LocalSpawner:
             self._start_agent(handle, self.launch(spec, incarnation))
         return handle
 
-    def spawn_helper(self, name: str, argv: list[str], listener: Listener) -> LocalHandle:
-        """A short-lived helper (a reload's check): a child like any other, not an agent. Its stdout
-        lines may be long (it hands over a whole profile)."""
+    def spawn_helper(self, name: str, argv: list[str], listener: Listener, long_lines: bool = False) -> LocalHandle:
+        """A short-lived helper (a reload's check, an exec probe): a child like any other, not an agent.
+        With `long_lines`, its stdout lines may be long (a reload's check hands over a whole profile)."""
         handle = LocalHandle(name, 0, listener)
-        self._exec(handle, argv, self.env, long_lines=True)
+        self._exec(handle, argv, self.env, long_lines=long_lines)
         return handle
 
     def close(self) -> None:
@@ -462,10 +475,11 @@ class LocalSpawner:
                 close_fds=True, pass_fds=pass_fds,
                 start_new_session=True,  # its own session and process group: signals reach all of it, never us
                 preexec_fn=in_child)
-        except (OSError, subprocess.SubprocessError) as exc:
+        except (OSError, subprocess.SubprocessError, ValueError) as exc:  # ValueError: a NUL in argv or env
             for fd in list(outputs) + ([in_w] if in_w is not None else []):
                 os.close(fd)
-            error = f"{argv[0]}: {exc.strerror or exc}" if isinstance(exc, OSError) else \
+            error = f"{argv[0][:200]!r}: {exc.strerror or exc}" if isinstance(exc, OSError) else \
+                f"cannot be started: {exc}" if isinstance(exc, ValueError) else \
                 f"its process settings were refused in the child ({exc})"
             self.timers.call_soon(lambda: self._failed(handle, error))
             return

@@ -23,6 +23,11 @@ def test_a_launch_survives_encoding_and_names_its_routing_id():
     original = launch()
     assert Launch.decode(original.encode()) == original
     assert original.routing_id == b"vision.detector#3"
+    # found in review: a launch written before `tag` and `start_timeout_s` existed (an agent started
+    # by an exec after an upgrade under a running daemon) was refused; both have defaults
+    old = json.loads(original.encode())
+    del old["tag"], old["start_timeout_s"]
+    assert Launch.decode(json.dumps(old)) == original
     tagged = launch(tag="0123456789abcdef")
     assert Launch.decode(tagged.encode()) == tagged and tagged.routing_id == b"vision.detector#3~0123456789abcdef"
 

@@ -355,3 +355,26 @@ def test_a_profile_holds_at_most_a_thousand_agents(tmp_path):
     with pytest.raises(ProfileError) as err:
         load_profile(str(path))
     assert err.value.errors == [f"{path}: field 'agents': 1001 agents with all it extends, over the limit of 1000"]
+
+
+def test_a_reload_answer_never_raises_whatever_the_check_wrote(tmp_path):
+    # found in review: a module the check imports can write to the answer's fd; a line of 5,000 "["
+    # raised RecursionError out of the daemon's loop and the daemon died with every agent
+    import base64
+    import json
+    import pickle
+
+    import dataclasses
+
+    from sunsetd import runcheck
+
+    deep = "[" * 5000
+    assert runcheck.parse_results([deep]) == {}
+    profile, errors = runcheck.reload_answer([deep], "p", "exit 0")
+    assert profile is None and errors == ["p: cannot be read as a profile (exit 0)"]
+    good = load_profile("core")
+    line = json.dumps({"profile": base64.b64encode(pickle.dumps(good)).decode()})
+    assert runcheck.reload_answer([line, deep], "core", "exit 0")[1][0].startswith("/")  # core's targets unchecked
+    forged = dataclasses.replace(good, agents="not a tuple of agents")  # our classes, holding anything
+    line = json.dumps({"profile": base64.b64encode(pickle.dumps(forged)).decode()})
+    assert runcheck.reload_answer([line], "p", "exit 0") == (None, ["p: the check's answer is not a profile"])

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from conftest import REPO, wait_until
-from sunsetd.client import Client
+from sunsetd.client import Client, RemoteError
 
 pytestmark = pytest.mark.slow
 
@@ -289,3 +289,14 @@ def test_a_profile_slow_to_read_never_stalls_the_loop(start_daemon, profile_file
     assert max(gaps) < 0.5, f"status took {max(gaps):.2f}s during the reload"
     assert pids(d) == before  # nothing restarted: no agent heard the daemon fall silent
     assert "heartbeat_ms" in d.log()
+
+
+def test_a_reload_naming_a_profile_with_a_nul_is_refused_and_later_reloads_still_work(start_daemon, profile_file):
+    # found in review: the NUL raised ValueError in the spawn of the reload's check; that reload and every
+    # one after it waited for ever, and systemd was left RELOADING
+    d = start_daemon(profile_file)
+    with Client(d.runtime_dir) as client:
+        with pytest.raises(RemoteError) as err:
+            client.call("sunsetd", "reload", {"profile": "x\0y"}, timeout=10)
+        assert err.value.code == "bad_request" and "NUL" in err.value.message
+        assert client.call("sunsetd", "reload", {"dry_run": True}, timeout=30)["unchanged"] == ["A", "B", "C"]

@@ -107,6 +107,53 @@ def test_a_spawn_that_cannot_happen_is_an_event_not_an_exception(world):
     world.run_until(lambda: world.of(handle, SpawnFailed))
     (failed,) = world.of(handle, SpawnFailed)
     assert "No such file or directory" in failed.error and handle.pid is None
+    # found in review: a NUL in an argument (a client's `reload --profile "x\0y"`) raised ValueError out
+    # of the spawn, and that reload, and every one after it, was never answered
+    handle = world.spawner.spawn_helper("nul", [sys.executable, "-c", "pass\0"], world.listener)
+    world.run_until(lambda: world.of(handle, SpawnFailed))
+    assert "null byte" in world.of(handle, SpawnFailed)[0].error
+
+
+def test_a_line_reader_cuts_long_lines_and_reads_a_long_one_in_linear_time():
+    # found in review: each read joined the waiting part of a line with the new data and split it
+    # again, so one 8 MB line cost 514 ms of the loop
+    r, w = os.pipe()
+    os.set_blocking(r, False)
+    reader = spawner.LineReader(r, max_line=16 * 1024)
+    try:
+        lines = []
+
+        def feed(data: bytes) -> None:
+            os.write(w, data)
+            while True:
+                got, _ = reader.read()
+                lines.extend(got)
+                if not got:
+                    break
+
+        feed(b"a\nbb\n")
+        for _ in range(4):
+            feed(b"x" * 30_000)  # a line that goes on: cut at 16 KiB, the rest skipped
+        feed(b"xx\nz\n" + b"y" * 20_000 + b"\nlast")
+        os.close(w)
+        w = -1
+        while True:
+            got, eof = reader.read()
+            lines.extend(got)
+            if eof:
+                break
+        cut = "x" * 16 * 1024 + spawner.LINE_CUT
+        assert lines == ["a", "bb", cut, "z", "y" * 16 * 1024 + spawner.LINE_CUT, "last"]
+        long = spawner.LineReader(os.open("/dev/zero", os.O_RDONLY | os.O_NONBLOCK), max_line=8 * 1024 * 1024)
+        t0 = time.perf_counter()
+        while not long.read()[0]:
+            pass
+        os.close(long.fd)
+        assert time.perf_counter() - t0 < 0.15  # linear: 13-15 ms here; the quadratic one took 216-514 ms
+    finally:
+        os.close(r)
+        if w >= 0:
+            os.close(w)
 
 
 @pytest.fixture
