@@ -31,12 +31,13 @@ NODE_PACKAGES := @modelcontextprotocol/server-memory@2026.8.31
 
 .PHONY: run test lint clean bench install uninstall compile chaos node-tools
 
+# The checkout is installed in setuptools' compat editable mode: a plain path in a .pth. The default
+# mode imports a finder (pathlib, re, importlib.util) into every interpreter: 15-20 ms of each
+# `sunsetctl`, daemon and exec'd agent. setuptools calls compat transitional; where it is gone, the
+# default mode is used.
 $(STAMP): setup.cfg setup.py pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	# compat: a plain path in a .pth. The default editable mode imports a finder (pathlib, re,
-	# importlib.util) into every interpreter: 15-20 ms of each `sunsetctl`, daemon and exec'd agent.
-	# setuptools calls compat transitional; where it is gone, the default mode is used.
 	$(BIN)/pip install -q -e '.[test]' --config-settings editable_mode=compat 2>/dev/null \
 		|| $(BIN)/pip install -q -e '.[test]'
 	touch $(STAMP)
