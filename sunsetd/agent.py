@@ -25,6 +25,7 @@ from typing import Any
 
 from sunsetd import protocol
 from sunsetd.protocol import LAUNCH_ENV, SECRET_FD_ENV, ErrorCode, Kind, Launch, ProtocolError, RemoteError
+from sunsetd.stamps import DAEMON_SILENT_MIN_S
 
 EXIT_SETUP_FAILED = 1
 EXIT_DAEMON_LOST = 3
@@ -133,7 +134,7 @@ class _Waiter:
 class AgentRuntime:
     """The agent process's I/O thread: sockets, heartbeats, dispatch to handler threads, clean stop."""
 
-    def __init__(self, launch: Launch, secret: bytes = b""):
+    def __init__(self, launch: Launch, secret: bytes = b"", pages: tuple[Any, Any] | None = None):
         import zmq  # imported here so that `import sunsetd.agent` (run-target checks) stays light
 
         self.zmq = zmq
@@ -144,6 +145,8 @@ class AgentRuntime:
         self.heartbeat_s = launch.heartbeat_ms / 1000.0
         self.liveness = launch.liveness
         self.first_word_s = launch.start_timeout_s + launch.liveness * self.heartbeat_s
+        # (ours, the daemon's) stamp pages (sunsetd.stamps): liveness both ways without heartbeat frames
+        self.own_page, self.daemon_page = pages if pages is not None else (None, None)
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.IDENTITY, launch.routing_id)
@@ -345,8 +348,10 @@ class AgentRuntime:
                                 "secret": self.secret})
         threading.Thread(target=self._run_setup, name="setup", daemon=True).start()
         last_heard = time.monotonic()
-        silence_s = self.first_word_s  # until the daemon first speaks; then liveness heartbeats
+        silence_s = self.first_word_s  # until the daemon first speaks (or, with stamps, we are ready)
         next_beat = last_heard + self.heartbeat_s
+        if self.own_page is not None:
+            self.own_page.stamp()
         teardown: threading.Thread | None = None
         while True:
             now = time.monotonic()
@@ -367,7 +372,8 @@ class AgentRuntime:
             for sock, _ in self.poller.poll(timeout_ms):
                 if sock is self.sock:
                     last_heard = time.monotonic()
-                    silence_s = self.liveness * self.heartbeat_s
+                    if self.daemon_page is None:
+                        silence_s = self.liveness * self.heartbeat_s
                     for _ in range(256):
                         try:
                             self._on_daemon_message(self.sock.recv_multipart(zmq.NOBLOCK))
@@ -391,8 +397,17 @@ class AgentRuntime:
                     self._signal_received(wakeup_r)
             now = time.monotonic()
             if now >= next_beat:
-                self._send(Kind.HEARTBEAT)
+                if self.own_page is None:
+                    self._send(Kind.HEARTBEAT)
+                else:  # a stamp, not a frame: no wake-up of libzmq's threads, here or in the daemon
+                    self.own_page.stamp()
                 next_beat = now + self.heartbeat_s
+            if self.daemon_page is not None:
+                stamped = self.daemon_page.read()
+                if stamped is not None and stamped > last_heard:
+                    last_heard = stamped
+                if self.ready:  # a daemon busy starting many agents may stamp late: not before we are ready
+                    silence_s = max(self.liveness * self.heartbeat_s, DAEMON_SILENT_MIN_S)
             if now - last_heard > silence_s and self.stopping_since is None:
                 if self.sock.poll(0):
                     continue  # we were the slow one (a handler held the GIL): read what the daemon sent
@@ -442,6 +457,20 @@ def _inherited_secret() -> bytes:
         return b""
 
 
+def _inherited_pages() -> tuple[Any, Any] | None:
+    """Our stamp page and the daemon's, from the descriptors STAMP_FDS_ENV names; None without them
+    (then heartbeat frames, as to a daemon across a wire)."""
+    from sunsetd.stamps import STAMP_FDS_ENV, StampPage
+
+    fds = os.environ.pop(STAMP_FDS_ENV, "").split(",")
+    if len(fds) != 2 or not all(fd.isdigit() for fd in fds):
+        return None
+    try:
+        return StampPage.attach(int(fds[0]), writable=True), StampPage.attach(int(fds[1]), writable=False)
+    except (OSError, ValueError):
+        return None
+
+
 def main(secret: bytes | None = None) -> int:
     """The agent process: `secret` comes in memory from the zygote, else on an inherited pipe."""
     from sunsetd.forkserver import keep_private
@@ -461,7 +490,7 @@ def main(secret: bytes | None = None) -> int:
     setproctitle.setproctitle(launch.title)
     setproctitle.setthreadtitle(launch.name)  # the 15-byte comm (top, pgrep NAME): the agent, not "sunsetd-agent"
     try:
-        runtime = AgentRuntime(launch, secret)
+        runtime = AgentRuntime(launch, secret, _inherited_pages())
         return runtime.run()
     except Exception:
         traceback.print_exc()

@@ -44,6 +44,7 @@ from sunsetd.systemd import Notifier
 from sunsetd.timers import Timer, Timers
 
 KEPT_RELOADS = 16  # outcomes kept for `reload_wait`
+PUBLISH_WHILE_ASKED_S = 120.0  # the metrics snapshot is refreshed each second this long after a scrape
 MAX_CHECK_LINES = 10_000  # of a reload check's stdout kept: one line per run target, and the profile
 MAX_CHECK_CHARS = 2 * runcheck.MAX_HANDOVER
 
@@ -212,7 +213,11 @@ class Daemon:
         self.metrics.publish(self.controller.status(fresh_rss=False))
 
     def _publish_every_second(self) -> None:
-        self._publish()
+        """The snapshot's memory and heartbeat figures, fresh each second while someone reads them:
+        building the whole status of 77 agents each second for nobody was a cost of idling. Transitions
+        publish at once anyway (_status_changed)."""
+        if self.metrics.server is not None and self.timers.now() - self.metrics.asked_at < PUBLISH_WHILE_ASKED_S:
+            self._publish()
         self.timers.call_later(1.0, self._publish_every_second)
 
     def _watchdog(self) -> None:

@@ -32,6 +32,7 @@ from typing import Any, Callable
 
 from sunsetd import procsettings
 from sunsetd.procsettings import ProcessSettings
+from sunsetd.stamps import STAMP_FDS_ENV
 
 PR_SET_PDEATHSIG = 1
 PR_SET_DUMPABLE = 4
@@ -88,7 +89,7 @@ def child_env(environ: Any) -> dict:
     """The environment of every child: the daemon's, without what belongs to the daemon alone."""
     env = dict(environ)
     env["PYTHONUNBUFFERED"] = "1"  # agent lines reach the log when printed, not when a buffer fills
-    for name in ("NOTIFY_SOCKET", "WATCHDOG_PID", "WATCHDOG_USEC", LAUNCH_ENV):
+    for name in ("NOTIFY_SOCKET", "WATCHDOG_PID", "WATCHDOG_USEC", LAUNCH_ENV, STAMP_FDS_ENV):
         env.pop(name, None)  # sd_notify belongs to the daemon, never to an agent
     return env
 
@@ -165,6 +166,7 @@ class ForkServer:
             handle, launch = self._waiting[0]
             self._seq += 1
             settings = getattr(handle, "settings", None)
+            stamp_fds = list(getattr(handle, "fork_fds", ()))  # its stamp pages: the spawner closes its copies
             request = json.dumps({"seq": self._seq, "launch": launch.encode(), "title": launch.title,
                                   "settings": None if settings is None or settings.empty else settings.to_wire(),
                                   "secret": getattr(handle, "secret", b"").hex()}).encode()
@@ -175,7 +177,8 @@ class ForkServer:
                 self.on_refused(handle, launch, f"cannot make its output pipes: {exc.strerror or exc}")
                 continue
             try:
-                self.sock.sendmsg([request], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", write_ends))])
+                self.sock.sendmsg([request], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                               array.array("i", write_ends + stamp_fds))])
             except BlockingIOError:
                 for fd in list(outputs) + write_ends:
                     os.close(fd)
@@ -249,7 +252,7 @@ def _agent_child(request: dict, fds: list[int], control: socket.socket, daemon_p
     os.setsid()
     os.dup2(fds[0], 1)
     os.dup2(fds[1], 2)
-    for fd in fds:
+    for fd in fds[:2]:
         os.close(fd)
     control.close()
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
@@ -259,6 +262,8 @@ def _agent_child(request: dict, fds: list[int], control: socket.socket, daemon_p
     if request.get("settings"):
         os.environ.update(ProcessSettings.from_wire(request["settings"]).environment())
     os.environ[LAUNCH_ENV] = request["launch"]
+    if len(fds) == 4:  # the agent runtime maps its stamp pages and closes these
+        os.environ[STAMP_FDS_ENV] = f"{fds[2]},{fds[3]}"
     import random
 
     random.seed()  # a fork copies the zygote's generator: every agent would draw the same numbers
@@ -286,7 +291,7 @@ def _serve(control: socket.socket, daemon_pid: int) -> None:
     while True:
         fds = array.array("i")
         try:
-            data, ancdata, _flags, _addr = control.recvmsg(MAX_REQUEST, socket.CMSG_SPACE(2 * fds.itemsize))
+            data, ancdata, _flags, _addr = control.recvmsg(MAX_REQUEST, socket.CMSG_SPACE(4 * fds.itemsize))
         except InterruptedError:
             continue
         if not data:
@@ -295,7 +300,7 @@ def _serve(control: socket.socket, daemon_pid: int) -> None:
             if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
                 fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
         request = json.loads(data)
-        if len(fds) != 2:
+        if len(fds) not in (2, 4):  # stdout and stderr; then its stamp pages (sunsetd.stamps), if any
             for fd in fds:
                 os.close(fd)
             control.send(json.dumps({"seq": request.get("seq"), "error": "expected two pipe ends"}).encode())

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -106,6 +107,7 @@ class Metrics:
         self._request_children: dict[tuple[str, str], Any] = {}
         self._duration_children: dict[str, Any] = {}
         self.snapshot: dict[str, Any] = {}  # replaced whole by the loop, read by the HTTP thread
+        self.asked_at = float("-inf")  # monotonic time of the last request to the HTTP side
         self.registry.register(_SnapshotCollector(self))
         self.server: ThreadingHTTPServer | None = None
         self.address: str | None = None
@@ -137,6 +139,7 @@ class Metrics:
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+                metrics.asked_at = time.monotonic()  # the loop refreshes the snapshot while it is read
                 path = self.path.split("?", 1)[0]
                 if path == "/metrics":
                     self._send(200, CONTENT_TYPE_LATEST, generate_latest(metrics.registry))

@@ -31,6 +31,7 @@ from sunsetd.forkserver import SETTINGS_REFUSED, ForkServer, become_subreaper, c
 from sunsetd.loop import WRITABLE
 from sunsetd.notify import NotifySocket
 from sunsetd.procsettings import ProcessSettings
+from sunsetd.stamps import DAEMON_STAMP_S, STAMP_FDS_ENV, StampPage
 from sunsetd.profile import AgentSpec
 from sunsetd.protocol import LAUNCH_ENV, SECRET_FD_ENV, Launch, routing_id
 from sunsetd.timers import Timer, Timers
@@ -102,6 +103,10 @@ class ProcessHandle(Protocol):
     def resume(self) -> None: ...
     def signal(self, sig: int) -> None: ...  # any signal, to its group (an operator's `sunsetctl signal`)
     def memory(self, fresh: bool = False) -> int | None: ...
+    # its liveness stamp (sunsetd.stamps), monotonic seconds; None before its first. Only for a
+    # handle that is `stamped`: the others speak heartbeat frames
+    stamped: bool
+    def heard(self) -> float | None: ...
     # its stdin, for a program that speaks a protocol there (MCP); never blocks
     def write(self, data: bytes) -> bool: ...  # False: its input is closed (stopped reading, or gone)
     def close_input(self) -> None: ...
@@ -279,6 +284,8 @@ class LocalHandle:
         self.notify: NotifySocket | None = None  # its NOTIFY_SOCKET, when its readiness is sd_notify
         self.secret = b""  # a Python agent's proof, in HELLO, that it is this process (sunsetd.auth)
         self.routing_id = routing_id(name, incarnation)  # with its tag once the gate issued one
+        self.page: StampPage | None = None  # a Python agent's liveness stamp, written by it, read by us
+        self.fork_fds: tuple[int, ...] = ()  # copies of its stamp pages on their way to the zygote
         self._early_signals: list[int] = []
 
     def __repr__(self) -> str:
@@ -314,6 +321,13 @@ class LocalHandle:
 
     def resume(self) -> None:
         self.signal(signal.SIGCONT)
+
+    @property
+    def stamped(self) -> bool:
+        return self.page is not None
+
+    def heard(self) -> float | None:
+        return self.page.read() if self.page is not None and not self.page.map.closed else None
 
     def memory(self, fresh: bool = False) -> int | None:
         if fresh and self.pid is not None and not self.reaped:
@@ -356,7 +370,10 @@ class LocalSpawner:
         self.handles: dict[int, LocalHandle] = {}  # pid -> handle, until reaped
         self.gate: Any = None  # the authenticator (sunsetd.auth): told each agent's secret and pid
         self._timers: list[Timer] = [timers.call_later(SAMPLE_INTERVAL_S, self._sample),
-                                     timers.call_later(SWEEP_INTERVAL_S, self._sweep)]
+                                     timers.call_later(SWEEP_INTERVAL_S, self._sweep),
+                                     timers.call_later(DAEMON_STAMP_S, self._stamp)]
+        self.daemon_page = StampPage.create("daemon")  # every agent maps it read-only: is our loop alive?
+        self.daemon_page.stamp()
         self.closed = False
 
     # ---- the interface
@@ -405,6 +422,7 @@ class LocalSpawner:
         self.closed = True
         for timer in self._timers:
             self.timers.cancel(timer)
+        self.daemon_page.close()
 
     def known_pids(self) -> set[int]:
         return set(self.handles)
@@ -414,6 +432,18 @@ class LocalSpawner:
         return False
 
     # ---- making processes
+    def _stamp_fds(self, handle: LocalHandle) -> tuple[int, int]:
+        """Its own stamp page (kept, to read) and a read-only descriptor of ours (the caller closes it
+        once the child has its copy). OSError when the descriptors cannot be made."""
+        if handle.page is None:
+            handle.page = StampPage.create(f"{handle.name}#{handle.incarnation}")
+        return handle.page.fd, self.daemon_page.read_only_fd()
+
+    def _stamp(self) -> None:
+        self.daemon_page.stamp()
+        if not self.closed:
+            self._timers[2] = self.timers.call_later(DAEMON_STAMP_S, self._stamp)
+
     def _issue_identity(self, handle: LocalHandle, launch: Launch) -> Launch:
         """Its secret and its routing id's tag: the launch it is given carries the tag."""
         if self.gate is None or launch.tag:  # none to give, or given already (a fork that fell back to exec)
@@ -430,22 +460,29 @@ class LocalSpawner:
             env["PYTHONPATH"] = os.pathsep.join(p for p in (os.getcwd(), env.get("PYTHONPATH")) if p)
         try:  # its secret on a pipe it inherits: never in argv or the environment, which others may read
             secret_r, secret_w = os.pipe2(os.O_CLOEXEC)
+            try:
+                own_stamp, daemon_stamp = self._stamp_fds(handle)
+            except OSError:
+                os.close(secret_r)
+                os.close(secret_w)
+                raise
         except OSError as exc:
-            error = f"cannot make its secret's pipe: {exc.strerror or exc}"
+            error = f"cannot make its secret's pipe or stamp pages: {exc.strerror or exc}"
             self.timers.call_soon(lambda: self._failed(handle, error))
             return
         os.write(secret_w, handle.secret)  # 32 bytes: far below a pipe's buffer
         os.close(secret_w)
         env[SECRET_FD_ENV] = str(secret_r)
+        env[STAMP_FDS_ENV] = f"{own_stamp},{daemon_stamp}"
         self._exec(handle, [self.python, "-m", "sunsetd.agent", launch.title, "--runtime-dir", str(self.runtime_dir)],
-                   env, handle.settings, pass_fds=(secret_r,))
+                   env, handle.settings, pass_fds=(secret_r, own_stamp, daemon_stamp), keep_fds=(own_stamp,))
 
     def _exec(self, handle: LocalHandle, argv: list[str], env: dict,
               settings: ProcessSettings = ProcessSettings(), speaks_on_stdio: bool = False,
-              pass_fds: tuple[int, ...] = (), long_lines: bool = False) -> None:
+              pass_fds: tuple[int, ...] = (), long_lines: bool = False, keep_fds: tuple[int, ...] = ()) -> None:
         """Never raises: a process that cannot be made is a SpawnFailed event, like any other news.
         One that `speaks_on_stdio` gets a pipe for its stdin, and its stdout lines may be long.
-        `pass_fds` are inherited by the child and closed here."""
+        `pass_fds` are inherited by the child and closed here, but for `keep_fds` (ours to keep)."""
         in_r = in_w = None
         try:
             outputs, (out_w, err_w) = _pipes(MAX_MESSAGE_LINE if speaks_on_stdio or long_lines else MAX_LINE)
@@ -457,7 +494,7 @@ class LocalSpawner:
                         os.close(fd)
                     raise
         except OSError as exc:
-            for fd in pass_fds:
+            for fd in set(pass_fds) - set(keep_fds):
                 os.close(fd)
             error = f"cannot make its output pipes: {exc.strerror or exc}"
             self.timers.call_soon(lambda: self._failed(handle, error))
@@ -488,7 +525,7 @@ class LocalSpawner:
             os.close(err_w)
             if in_r is not None:
                 os.close(in_r)
-            for fd in pass_fds:
+            for fd in set(pass_fds) - set(keep_fds):
                 os.close(fd)
         if in_w is not None:
             handle.input = InputPipe(in_w, self.fds)
@@ -527,6 +564,8 @@ class LocalSpawner:
     def _forget(self, handle: LocalHandle) -> None:
         if handle.secret and self.gate is not None:
             self.gate.forget(handle.pid, handle.routing_id)
+        if handle.page is not None:
+            handle.page.close()
 
     def _failed(self, handle: LocalHandle, error: str) -> None:
         handle.reaped = True
@@ -739,13 +778,28 @@ class ForkSpawner(LocalSpawner):
         if self.server is None:
             super()._start_agent(handle, launch)
             return
+        try:  # copies of its stamp pages travel with the request (SCM_RIGHTS); ours close at the answer
+            own, daemon = self._stamp_fds(handle)
+            handle.fork_fds = (os.dup(own), daemon)
+        except OSError as exc:
+            error = f"cannot make its stamp pages: {exc.strerror or exc}"
+            self.timers.call_soon(lambda: self._failed(handle, error))
+            return
         self.server.submit(handle, self._issue_identity(handle, launch))
 
+    @staticmethod
+    def _close_fork_fds(handle: LocalHandle) -> None:
+        for fd in handle.fork_fds:
+            os.close(fd)
+        handle.fork_fds = ()
+
     def _on_forked(self, handle: LocalHandle, pid: int, outputs: dict[int, tuple[str, LineReader]]) -> None:
+        self._close_fork_fds(handle)
         self._started(handle, pid, outputs)
         self._announce(handle)
 
     def _on_refused(self, handle: LocalHandle, launch: Launch, why: str) -> None:
+        self._close_fork_fds(handle)
         if why.startswith(SETTINGS_REFUSED):
             self._failed(handle, why)  # exec would be refused the same
             return
@@ -764,6 +818,7 @@ class ForkSpawner(LocalSpawner):
         logs.event(logs.DAEMON, "spawner", f"fork server lost ({why}); {len(unanswered)} start(s) by exec",
                    "WARNING", failures=self.failures)
         for handle, launch in unanswered:
+            self._close_fork_fds(handle)
             super()._start_agent(handle, launch)
         if self.failures <= self.MAX_ZYGOTE_FAILURES and not self.closed:
             self._start_server()

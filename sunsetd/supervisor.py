@@ -34,6 +34,7 @@ LAZY_START = "first request"  # the reason given when a request starts a lazy ag
 LAST_REPLIES_CLEAN_S = 0.1  # a clean exit's last replies may still be in libzmq's buffers this long
 LAST_REPLIES_CRASH_S = 0.002  # and a crash's: what it wrote before dying is read within a loop round
 RECHECK_S = 0.01  # a heartbeat verdict deferred while the loop has unread messages
+LIVENESS_TICK_S = (0.05, 0.25)  # bounds of the one timer that reads every stamped agent (sunsetd.stamps)
 MCP_STDIN_GRACE_S = 1.0  # an MCP server whose stdin was closed gets this long to exit before its stop signal
 MCP_DRAIN_SHARE = 0.6  # of stop_timeout_s, for a stopping MCP server to answer what it holds
 MCP_DRAIN_POLL_S = 0.02
@@ -167,6 +168,7 @@ class Supervisor:
         self._on_settled: dict[int, Callable[[ReloadOutcome], None]] = {}  # reload number -> callback
         self._views: dict[str, AgentView] = {}
         self._idle_timer: Timer | None = None
+        self._liveness_timer: Timer | None = None
         self._restart_groups: list[list[str]] = []  # group restarts waiting for all their agents to stop
         self._wire_dependencies()
 
@@ -206,6 +208,7 @@ class Supervisor:
             if not slot.spec.lazy:
                 self._want(slot)
         self._idle_timer = self.timers.call_later(IDLE_CHECK_INTERVAL_S, self._idle_check)
+        self._liveness_timer = self.timers.call_later(self._liveness_tick_s(), self._liveness_tick)
         self._check_all_ready()  # a profile with no essential agent (all lazy) is ready at once
 
     def _want(self, slot: AgentSlot) -> None:
@@ -652,8 +655,9 @@ class Supervisor:
         slot.last_heard = now
         if kind is Kind.HELLO and not slot.hello:
             slot.hello = True
-            self._channel(slot).send(slot.name, incarnation, Kind.HEARTBEAT)  # it hears us at once
-            self._schedule_heartbeat(slot, now)
+            if not getattr(handle, "stamped", False):  # a stamped one is judged by the liveness tick
+                self._channel(slot).send(slot.name, incarnation, Kind.HEARTBEAT)  # it hears us at once
+                self._schedule_heartbeat(slot, now)
         elif kind is Kind.READY:
             self._apply(slot, slot.lifecycle.ready(now))
 
@@ -759,6 +763,32 @@ class Supervisor:
                                   f"(WATCHDOG_USEC={slot.watchdog_s * 1e6:.0f})")
         else:
             self._arm_watchdog(slot, handle)
+
+    def _liveness_tick_s(self) -> float:
+        """As often as the most frequent heartbeat asks, within LIVENESS_TICK_S."""
+        fastest = min((s.spec.heartbeat_ms / 1000.0 for s in self.slots.values() if not s.removed),
+                      default=LIVENESS_TICK_S[1])
+        return min(max(fastest, LIVENESS_TICK_S[0]), LIVENESS_TICK_S[1])
+
+    def _liveness_tick(self) -> None:
+        """Read every stamped agent's stamp and judge the ready ones: one timer for all, no frames (the
+        stamps' module says why)."""
+        now = self.timers.now()
+        for slot in list(self.slots.values()):
+            handle = slot.handle
+            if handle is None or not slot.hello or not getattr(handle, "stamped", False):
+                continue
+            heard = handle.heard()
+            if heard is not None and heard > slot.last_heard:
+                slot.last_heard = min(heard, now)  # never in our future: a stamp is the agent's word
+            if slot.state is not State.READY:
+                continue  # starting: its start timeout alone judges it
+            verdict = health.heartbeat_verdict(now, slot.last_heard, slot.spec.heartbeat_ms, slot.spec.liveness,
+                                               False)
+            if verdict is health.Heartbeat.HUNG:
+                slot.heartbeat_misses += 1
+                self._unhealthy(slot, f"hung: no heartbeat for {(now - slot.last_heard) * 1000:.0f}ms")
+        self._liveness_timer = self.timers.call_later(self._liveness_tick_s(), self._liveness_tick)
 
     def _schedule_heartbeat(self, slot: AgentSlot, now: float, delay: float | None = None) -> None:
         self.timers.cancel(slot.heartbeat_timer)

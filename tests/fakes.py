@@ -60,9 +60,14 @@ class FakeHandle:
         self.written: list[bytes] = []
         self.input_closed = False
         self.unread_input = 0
+        self.stamped = spawner.stamped  # a Python agent with a stamp page (sunsetd.stamps): set `stamp`
+        self.stamp: float | None = None
 
     def __repr__(self) -> str:
         return f"<FakeHandle {self.name}#{self.incarnation}>"
+
+    def heard(self) -> float | None:
+        return self.stamp
 
     # what the supervisor may ask
     def terminate(self) -> None:
@@ -124,6 +129,7 @@ class FakeSpawner:
     def __init__(self, clock: Clock):
         self.clock = clock
         self.spawned: list[FakeHandle] = []
+        self.stamped = False  # True: its handles are Python agents with stamp pages, as the real ones
 
     def spawn(self, spec: AgentSpec, incarnation: int, listener: Any) -> FakeHandle:
         handle = FakeHandle(self, spec, incarnation, listener)

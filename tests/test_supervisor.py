@@ -184,6 +184,30 @@ def test_transition_ready_to_stopping_when_hung_then_killed_after_the_stop_timeo
     assert h.sup.slots["A"].lifecycle.restarts == 1  # a hang is a failure
 
 
+def test_a_stamped_agent_is_judged_by_its_stamp_on_one_timer_and_sent_no_heartbeat_frames():
+    # #12: 77 idle agents cost 18.5 % of a core in heartbeat frames and their 77 timers. A local Python
+    # agent now stamps a shared page; the daemon reads every page on one timer and sends no frames
+    h = Harness(profile(spec("A"), spec("B", heartbeat_ms=250)))
+    h.spawner.stamped = True
+    h.start()
+    for name in ("A", "B"):
+        h.hello(name)
+    a, b = h.spawner.latest("A"), h.spawner.latest("B")
+    for _ in range(20):  # 2 s of both stamping every 100 ms
+        a.stamp = b.stamp = h.clock.now
+        h.clock.advance(0.1)
+    assert h.states() == {"A": "ready", "B": "ready"}
+    assert h.channel.kinds("A") == [] and h.channel.kinds("B") == []  # not one frame
+    live_timers = [entry for entry in h.clock.timers._heap if not entry[2].cancelled]
+    assert len(live_timers) == 2  # the liveness tick and the idle check: no timer per agent
+    a.stamp = b.stamp = h.clock.now  # A's last stamp: it freezes
+    h.clock.advance(0.25)
+    assert h.state("A") is State.READY  # silent for less than heartbeat_ms 100 x liveness 3
+    h.clock.advance(0.2)
+    assert h.state("A") is State.STOPPING and "hung: no heartbeat" in h.sup.slots["A"].lifecycle.reason
+    assert h.state("B") is State.READY  # 0.45 s is within its 0.75 s
+
+
 def test_a_hang_verdict_waits_while_messages_are_unread_but_not_for_ever():
     h = up(profile(spec("A")))
     h.channel.unread = True  # the loop is behind: its heartbeat may be among them

@@ -1,0 +1,79 @@
+"""Liveness stamps in shared memory (DESIGN §4 as changed by #12): heartbeats without a wire.
+
+An idle agent used to cost 8 wake-ups a second (4 heartbeat frames out, 4 in, each also waking libzmq's
+I/O threads), and the daemon one timer and two zmq calls per agent per beat: 18.5 % of a core for 77
+idle agents. Now, where the agent runs on this host, each side writes CLOCK_MONOTONIC (the same clock
+in every process) into a page the other can read:
+
+- each incarnation gets its own page (a memfd), which only that process and the daemon hold; its socket
+  thread stamps it every `heartbeat_ms`, so a frozen or wedged agent stops stamping;
+- the daemon has one page, stamped by its loop, which every agent maps read-only: an agent whose daemon
+  stops stamping for `liveness` intervals exits, as it did when heartbeat frames stopped; a dead daemon
+  is noticed at once by the parent-death signal.
+
+The daemon reads every agent's page on one timer. Heartbeat frames stay for agents with no page (MCP
+servers speak MCP pings; remote agents ([hosts]) have a wire).
+
+A stamp is 8 bytes; Python's copy of them is not guaranteed to be a single store, so a reader takes two
+equal reads as the value (a writer writes a few times a second).
+"""
+from __future__ import annotations
+
+import mmap
+import os
+import struct
+import time
+
+STAMP_FDS_ENV = "SUNSETD_STAMP_FDS"  # "OWN,DAEMON": an agent's inherited pages, consumed at its start
+DAEMON_STAMP_S = 0.1  # how often the daemon's loop stamps its page
+DAEMON_SILENT_MIN_S = 3 * DAEMON_STAMP_S  # an agent gives its daemon at least this long, whatever its liveness
+_FORMAT = struct.Struct("=q")
+
+
+class StampPage:
+    """One stamp. `create` makes a page (the daemon's side); `attach` maps an inherited one."""
+
+    def __init__(self, fd: int, writable: bool, own_fd: bool = True):
+        self.fd = fd if own_fd else -1
+        prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
+        self.map = mmap.mmap(fd, _FORMAT.size, mmap.MAP_SHARED, prot)
+
+    @classmethod
+    def create(cls, name: str) -> "StampPage":
+        fd = os.memfd_create(f"sunsetd-stamp-{name}"[:240], os.MFD_CLOEXEC)
+        try:
+            os.ftruncate(fd, _FORMAT.size)
+            return cls(fd, writable=True)
+        except BaseException:
+            os.close(fd)
+            raise
+
+    @classmethod
+    def attach(cls, fd: int, writable: bool) -> "StampPage":
+        """Map an inherited page and close the descriptor: nothing the process starts inherits it."""
+        try:
+            return cls(fd, writable, own_fd=False)
+        finally:
+            os.close(fd)
+
+    def read_only_fd(self) -> int:
+        """A new descriptor of this page that cannot be written through (for the agents: one of them
+        could otherwise stop the daemon's stamp for all its siblings). The caller closes it."""
+        return os.open(f"/proc/self/fd/{self.fd}", os.O_RDONLY | os.O_CLOEXEC)
+
+    def stamp(self, now_ns: int | None = None) -> None:
+        _FORMAT.pack_into(self.map, 0, time.monotonic_ns() if now_ns is None else now_ns)
+
+    def read(self) -> float | None:
+        """The stamp in monotonic seconds; None before the first."""
+        while True:
+            first = _FORMAT.unpack_from(self.map, 0)[0]
+            if _FORMAT.unpack_from(self.map, 0)[0] == first:
+                return first / 1e9 if first else None
+
+    def close(self) -> None:
+        if not self.map.closed:
+            self.map.close()
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
