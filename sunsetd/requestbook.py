@@ -234,8 +234,12 @@ class RequestBook:
         agent.queue.append(p)
         return [StartAgent(agent.name)] if view.availability is Availability.ON_DEMAND else []
 
-    def replied(self, name: str, incarnation: int, rid: int, ok: bool, value: Any) -> list[Decision]:
-        """An agent's REPLY: `value` is the body, or (ErrorCode, message) when not ok."""
+    def replied(self, name: str, incarnation: int, rid: int, ok: bool, value: Any,
+                now: float | None = None) -> list[Decision]:
+        """An agent's REPLY: `value` is the body, or (ErrorCode, message) when not ok. An error read at
+        `now` past the request's deadline is answered `timeout`, as if the deadline had come first: it
+        is most likely the agent saying it dropped the request unrun because its deadline had passed
+        (a result that late is still given: it is worth more than a timeout)."""
         agent = self._agents.get(name)
         p = agent.inflight.get(rid) if agent is not None else None
         if p is None:
@@ -253,7 +257,14 @@ class RequestBook:
         del agent.inflight[rid]
         if p.orphaned_until is not None:
             agent.orphans -= 1  # a last reply that came within the grace
-        out: list[Decision] = [self._reply(p, True, value) if ok else self._reply(p, False, None, *value)]
+        if ok:
+            out: list[Decision] = [self._reply(p, True, value)]
+        elif now is not None and now >= p.deadline:
+            out = [self._reply(p, False, None, ErrorCode.TIMEOUT,
+                               f"no reply from {p.to} within {(p.deadline - p.received_at) * 1000:.0f}ms; "
+                               f"it said: {str(value[1])[:200]} (request was in flight)")]
+        else:
+            out = [self._reply(p, False, None, *value)]
         if agent.queue:
             out += self._flush(agent)
         elif not agent.listed:

@@ -281,7 +281,7 @@ class Router:
             self._dropped("unproven_frames", f"a {kind.name} from {frames[0].decode()} before its HELLO")
             return
         if kind is Kind.REPLY:
-            self.execute(self.book.replied(name, incarnation, rid, ok, value))
+            self.execute(self.book.replied(name, incarnation, rid, ok, value, self.timers.now()))
         else:
             self.on_agent_message(name, incarnation, kind, body)
 

@@ -517,5 +517,7 @@ def test_timed_out_requests_still_take_their_agents_room_so_max_inflight_bounds_
     where = [r["error"]["message"].rsplit("(request was ", 1)[-1] if r["error"]["code"] == "timeout"
              else r["error"]["code"] for r in replies]
     in_flight, waited = where.count("in flight)"), where.count("queued)") + where.count("overloaded")
-    assert in_flight + waited == 40 and in_flight <= 8, (in_flight, waited)  # before: 40 in flight
+    # every one is `timeout`: also one the agent dropped unrun, when its word is read before our deadline
+    # fires (found with the loop idle between timers, #12)
+    assert in_flight + waited == 40 and in_flight <= 8, (in_flight, waited, replies)  # before: 40 in flight
     assert d.call("Worker", "echo", "free again", timeout=5) == "free again"
