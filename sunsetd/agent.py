@@ -149,8 +149,7 @@ class AgentRuntime:
         self.own_page, self.daemon_page = pages if pages is not None else (None, None)
         # A stamp every half of the silence the daemon allows is as safe as one every heartbeat (it reads
         # them on a timer of its own), and each wake-up is the whole cost of an idle agent (~0.1 ms here)
-        self.beat_s = self.heartbeat_s if self.own_page is None else \
-            max(self.heartbeat_s, self.liveness * self.heartbeat_s / 2)
+        self.beat_s = self.heartbeat_s if self.own_page is None else self.liveness * self.heartbeat_s / 2
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.IDENTITY, launch.routing_id)
@@ -349,7 +348,8 @@ class AgentRuntime:
         self.poller.register(self.inbox, zmq.POLLIN)
         self.poller.register(wakeup_r, zmq.POLLIN)
         self._send(Kind.HELLO, {"name": self.name, "pid": os.getpid(), "incarnation": self.incarnation,
-                                "secret": self.secret})
+                                "secret": self.secret,
+                                "stamps": self.own_page is not None})  # else: heartbeat frames, please
         threading.Thread(target=self._run_setup, name="setup", daemon=True).start()
         last_heard = time.monotonic()
         silence_s = self.first_word_s  # until the daemon first speaks (or, with stamps, we are ready)
@@ -469,10 +469,24 @@ def _inherited_pages() -> tuple[Any, Any] | None:
     fds = os.environ.pop(STAMP_FDS_ENV, "").split(",")
     if len(fds) != 2 or not all(fd.isdigit() for fd in fds):
         return None
+    own_fd, daemon_fd = int(fds[0]), int(fds[1])
     try:
-        return StampPage.attach(int(fds[0]), writable=True), StampPage.attach(int(fds[1]), writable=False)
+        own = StampPage.attach(own_fd, writable=True)
     except (OSError, ValueError):
+        _close_quietly(daemon_fd)  # never left for a subprocess of ours to inherit
         return None
+    try:
+        return own, StampPage.attach(daemon_fd, writable=False)
+    except (OSError, ValueError):
+        own.close()
+        return None
+
+
+def _close_quietly(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError:
+        pass
 
 
 def main(secret: bytes | None = None) -> int:

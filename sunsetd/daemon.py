@@ -45,6 +45,7 @@ from sunsetd.timers import Timer, Timers
 
 KEPT_RELOADS = 16  # outcomes kept for `reload_wait`
 PUBLISH_WHILE_ASKED_S = 120.0  # the metrics snapshot is refreshed each second this long after a scrape
+PUBLISH_IDLE_EVERY = 10  # and every 10 s otherwise: a rare scraper still gets figures at most that old
 MAX_CHECK_LINES = 10_000  # of a reload check's stdout kept: one line per run target, and the profile
 MAX_CHECK_CHARS = 2 * runcheck.MAX_HANDOVER
 
@@ -107,6 +108,7 @@ class Daemon:
         self.max_clients = max_clients  # None: auth.client_limit()
         self.agent_logs = AgentLogs()
         self.status_timer: Timer | None = None
+        self._publish_ticks = 0  # seconds of _publish_every_second
         self.stop_budget_s = 0.0
         self._reload_jobs: deque[_ReloadJob] = deque()
         self._reload_outcomes: OrderedDict[int, ReloadOutcome] = OrderedDict()
@@ -216,7 +218,9 @@ class Daemon:
         """The snapshot's memory and heartbeat figures, fresh each second while someone reads them:
         building the whole status of 77 agents each second for nobody was a cost of idling. Transitions
         publish at once anyway (_status_changed)."""
-        if self.metrics.server is not None and self.timers.now() - self.metrics.asked_at < PUBLISH_WHILE_ASKED_S:
+        self._publish_ticks += 1
+        if self.metrics.server is not None and (self.timers.now() - self.metrics.asked_at < PUBLISH_WHILE_ASKED_S
+                                                or self._publish_ticks % PUBLISH_IDLE_EVERY == 0):
             self._publish()
         self.timers.call_later(1.0, self._publish_every_second)
 

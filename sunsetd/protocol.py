@@ -180,8 +180,11 @@ def parse_agent_frames(frames: list[bytes]) -> tuple[Kind, Any]:
 
 _KINDS = {k.value: k for k in Kind}  # a dict lookup: Kind(...) costs a microsecond per frame
 
-# Codes an agent may put on its own error replies; any other code is reported as agent_error.
-AGENT_REPLY_CODES = frozenset({ErrorCode.AGENT_ERROR, ErrorCode.BAD_REQUEST, ErrorCode.UNAVAILABLE})
+# Codes an agent may put on its own error replies; any other code is reported as agent_error. An
+# agent's `timeout` (it dropped a request whose deadline had passed) is kept for the request book,
+# which gives it only when the deadline has passed by the daemon's clock too.
+AGENT_REPLY_CODES = frozenset({ErrorCode.AGENT_ERROR, ErrorCode.BAD_REQUEST, ErrorCode.UNAVAILABLE,
+                               ErrorCode.TIMEOUT})
 
 
 def parse_agent_reply(body: Any) -> tuple[int, bool, Any]:

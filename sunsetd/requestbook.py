@@ -236,10 +236,10 @@ class RequestBook:
 
     def replied(self, name: str, incarnation: int, rid: int, ok: bool, value: Any,
                 now: float | None = None) -> list[Decision]:
-        """An agent's REPLY: `value` is the body, or (ErrorCode, message) when not ok. An error read at
-        `now` past the request's deadline is answered `timeout`, as if the deadline had come first: it
-        is most likely the agent saying it dropped the request unrun because its deadline had passed
-        (a result that late is still given: it is worth more than a timeout)."""
+        """An agent's REPLY: `value` is the body, or (ErrorCode, message) when not ok. An agent that says
+        `timeout` (it dropped the request unrun, its deadline passed) is answered `timeout` when the
+        deadline has passed at `now` by our clock too (its word can be read before our timer runs),
+        and `agent_error` otherwise: an agent cannot claim the daemon's verdict."""
         agent = self._agents.get(name)
         p = agent.inflight.get(rid) if agent is not None else None
         if p is None:
@@ -259,10 +259,12 @@ class RequestBook:
             agent.orphans -= 1  # a last reply that came within the grace
         if ok:
             out: list[Decision] = [self._reply(p, True, value)]
-        elif now is not None and now >= p.deadline:
+        elif value[0] is ErrorCode.TIMEOUT and now is not None and now >= p.deadline:
             out = [self._reply(p, False, None, ErrorCode.TIMEOUT,
                                f"no reply from {p.to} within {(p.deadline - p.received_at) * 1000:.0f}ms; "
                                f"it said: {str(value[1])[:200]} (request was in flight)")]
+        elif value[0] is ErrorCode.TIMEOUT:
+            out = [self._reply(p, False, None, ErrorCode.AGENT_ERROR, value[1])]
         else:
             out = [self._reply(p, False, None, *value)]
         if agent.queue:

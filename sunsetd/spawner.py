@@ -372,7 +372,7 @@ class LocalSpawner:
         self._timers: list[Timer] = [timers.call_later(SAMPLE_INTERVAL_S, self._sample),
                                      timers.call_later(SWEEP_INTERVAL_S, self._sweep),
                                      timers.call_later(DAEMON_STAMP_S, self._stamp)]
-        self.daemon_page = StampPage.create("daemon")  # every agent maps it read-only: is our loop alive?
+        self.daemon_page = StampPage.create("daemon", shared=True)  # every agent maps it: is our loop alive?
         self.daemon_page.stamp()
         self.closed = False
 
@@ -780,7 +780,11 @@ class ForkSpawner(LocalSpawner):
             return
         try:  # copies of its stamp pages travel with the request (SCM_RIGHTS); ours close at the answer
             own, daemon = self._stamp_fds(handle)
-            handle.fork_fds = (os.dup(own), daemon)
+            try:
+                handle.fork_fds = (os.dup(own), daemon)
+            except OSError:
+                os.close(daemon)
+                raise
         except OSError as exc:
             error = f"cannot make its stamp pages: {exc.strerror or exc}"
             self.timers.call_soon(lambda: self._failed(handle, error))

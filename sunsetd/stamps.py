@@ -19,6 +19,8 @@ equal reads as the value (a writer writes a few times a second).
 """
 from __future__ import annotations
 
+import errno
+import fcntl
 import mmap
 import os
 import struct
@@ -28,6 +30,12 @@ STAMP_FDS_ENV = "SUNSETD_STAMP_FDS"  # "OWN,DAEMON": an agent's inherited pages,
 DAEMON_STAMP_S = 0.1  # how often the daemon's loop stamps its page
 DAEMON_SILENT_MIN_S = 3 * DAEMON_STAMP_S  # an agent gives its daemon at least this long, whatever its liveness
 _FORMAT = struct.Struct("=q")
+# Seals (memfd_create(2)): a page must never change size, or the daemon's next read of a page an agent
+# truncated would be SIGBUS (found by attacking it: one agent killed the daemon and its siblings). And
+# the daemon's page takes no new writes but through the daemon's own mapping: a memfd can be reopened
+# for writing through /proc/PID/fd, so a read-only descriptor alone does not keep an agent out.
+_SEAL_SIZE = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
+F_SEAL_FUTURE_WRITE = getattr(fcntl, "F_SEAL_FUTURE_WRITE", 0x0010)  # Linux 5.1
 
 
 class StampPage:
@@ -36,21 +44,32 @@ class StampPage:
     def __init__(self, fd: int, writable: bool, own_fd: bool = True):
         self.fd = fd if own_fd else -1
         prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
+        # (Python's mmap keeps a duplicate of the descriptor, CLOEXEC, for as long as it is mapped)
         self.map = mmap.mmap(fd, _FORMAT.size, mmap.MAP_SHARED, prot)
 
     @classmethod
-    def create(cls, name: str) -> "StampPage":
-        fd = os.memfd_create(f"sunsetd-stamp-{name}"[:240], os.MFD_CLOEXEC)
+    def create(cls, name: str, shared: bool = False) -> "StampPage":
+        """An agent's page, or (`shared`) the daemon's, which no other mapping may write."""
+        fd = os.memfd_create(f"sunsetd-stamp-{name}"[:240], os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         try:
             os.ftruncate(fd, _FORMAT.size)
-            return cls(fd, writable=True)
+            page = cls(fd, writable=True)
+            seals = _SEAL_SIZE
+            if shared:
+                try:
+                    fcntl.fcntl(fd, fcntl.F_ADD_SEALS, F_SEAL_FUTURE_WRITE)
+                except OSError as exc:
+                    if exc.errno != errno.EINVAL:  # an older kernel: size seals only
+                        raise
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, seals)
+            return page
         except BaseException:
             os.close(fd)
             raise
 
     @classmethod
     def attach(cls, fd: int, writable: bool) -> "StampPage":
-        """Map an inherited page and close the descriptor: nothing the process starts inherits it."""
+        """Map an inherited page and close the inherited descriptor: nothing the process starts gets it."""
         try:
             return cls(fd, writable, own_fd=False)
         finally:

@@ -108,6 +108,7 @@ class AgentSlot:
     handle: ProcessHandle | None = None
     hello: bool = False
     last_heard: float = 0.0
+    stamped: bool = False  # this incarnation's liveness is its stamp page (sunsetd.stamps), not frames
     heartbeat_misses: int = 0
     lazy_start_at: float | None = None  # when a request started this lazy agent, until it is ready
     stop_reason: str | None = None  # why it is to stop once its dependents have (a group stop)
@@ -472,7 +473,7 @@ class Supervisor:
     def _spawn(self, slot: AgentSlot) -> None:
         incarnation = self.incarnations[slot.name] = self.incarnation(slot.name) + 1
         slot.spawned_with = slot.spec
-        slot.hello = False
+        slot.hello = slot.stamped = False
         slot.status_text = slot.watchdog_s = None
         slot.stop_urgent = False
         slot.last_heard = self.timers.now()
@@ -618,7 +619,7 @@ class Supervisor:
         self.timers.cancel(slot.stop_signal_timer)
         slot.stop_signal_timer = None
         slot.handle = None
-        slot.hello = False
+        slot.hello = slot.stamped = False
         self.timers.cancel(slot.heartbeat_timer)
         slot.heartbeat_timer = None
         asked = slot.state is State.STOPPING
@@ -655,7 +656,9 @@ class Supervisor:
         slot.last_heard = now
         if kind is Kind.HELLO and not slot.hello:
             slot.hello = True
-            if not getattr(handle, "stamped", False):  # a stamped one is judged by the liveness tick
+            # stamps only when both sides have them: an agent that could not map its page says so
+            slot.stamped = getattr(handle, "stamped", False) and isinstance(body, dict) and body.get("stamps") is True
+            if not slot.stamped:  # a stamped one is judged by the liveness tick
                 self._channel(slot).send(slot.name, incarnation, Kind.HEARTBEAT)  # it hears us at once
                 self._schedule_heartbeat(slot, now)
         elif kind is Kind.READY:
@@ -776,7 +779,7 @@ class Supervisor:
         now = self.timers.now()
         for slot in list(self.slots.values()):
             handle = slot.handle
-            if handle is None or not slot.hello or not getattr(handle, "stamped", False):
+            if handle is None or not slot.hello or not slot.stamped:
                 continue
             heard = handle.heard()
             if heard is not None and heard > slot.last_heard:

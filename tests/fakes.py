@@ -261,7 +261,7 @@ class Harness:
         handle = self.spawner.latest(name)
         if handle.pid is None:
             handle.start()
-        self.sup.on_agent_message(name, handle.incarnation, Kind.HELLO, {"pid": handle.pid})
+        self.sup.on_agent_message(name, handle.incarnation, Kind.HELLO, {"pid": handle.pid, "stamps": handle.stamped})
         if ready:
             self.sup.on_agent_message(name, handle.incarnation, Kind.READY, None)
         return handle

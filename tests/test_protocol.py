@@ -74,9 +74,12 @@ def test_agent_replies():
     assert protocol.parse_agent_reply({"id": 1, "ok": True, "body": 2}) == (1, True, 2)
     assert protocol.parse_agent_reply({"id": 1, "ok": False, "error": {"code": "bad_request", "message": "m"}}) == (
         1, False, (ErrorCode.BAD_REQUEST, "m"))
-    # an agent cannot pretend to be the daemon: codes only the daemon gives become agent_error
-    assert protocol.parse_agent_reply({"id": 1, "ok": False, "error": {"code": "timeout", "message": "m"}})[2][0] \
+    # an agent cannot pretend to be the daemon: codes only the daemon gives become agent_error (its
+    # `timeout` goes to the request book, which believes it only past the deadline)
+    assert protocol.parse_agent_reply({"id": 1, "ok": False, "error": {"code": "agent_crashed", "message": "m"}})[2][0] \
         is ErrorCode.AGENT_ERROR
+    assert protocol.parse_agent_reply({"id": 1, "ok": False, "error": {"code": "timeout", "message": "m"}})[2][0] \
+        is ErrorCode.TIMEOUT
     for body in ({"ok": True}, {"id": "1", "ok": True}, {"id": 1, "ok": False}, {"id": 1}):
         with pytest.raises(ProtocolError):
             protocol.parse_agent_reply(body)

@@ -172,16 +172,17 @@ def test_an_expired_request_takes_its_agents_room_until_the_agent_is_done_with_i
 def test_an_error_read_past_the_deadline_is_a_timeout_and_a_result_is_still_given():
     # found in #12: with the loop idle between timers, an agent's "dropped it unrun: its deadline had
     # passed" could be read before the deadline's own timer ran, and the client got agent_error
-    book = book_with(("A", view(READY, 1, max_inflight=4)))
-    late_error, late_result, early_error = [only(book.accept([b"c"], req(cid=i, timeout_ms=100), 0.0), Forward).request
-                                            for i in range(3)]
-    (reply,) = only(book.replied("A", 1, late_error.rid, False, (ErrorCode.AGENT_ERROR, "A dropped it unrun"), 0.1),
-                    Reply),
+    book = book_with(("A", view(READY, 1, max_inflight=8)))
+    late, result, error, early = [only(book.accept([b"c"], req(cid=i, timeout_ms=100), 0.0), Forward).request
+                                  for i in range(4)]
+    (reply,) = only(book.replied("A", 1, late.rid, False, (ErrorCode.TIMEOUT, "A dropped it unrun"), 0.1), Reply),
     assert reply.code is ErrorCode.TIMEOUT and "it said: A dropped it unrun (request was in flight)" in reply.message
-    (reply,) = only(book.replied("A", 1, late_result.rid, True, "done", 0.15), Reply),
-    assert reply.ok and reply.body == "done"
-    (reply,) = only(book.replied("A", 1, early_error.rid, False, (ErrorCode.BAD_REQUEST, "no such op"), 0.05), Reply),
-    assert reply.code is ErrorCode.BAD_REQUEST
+    (reply,) = only(book.replied("A", 1, result.rid, True, "done", 0.15), Reply),
+    assert reply.ok and reply.body == "done"  # a result that late is still worth giving
+    (reply,) = only(book.replied("A", 1, error.rid, False, (ErrorCode.BAD_REQUEST, "no such op"), 0.15), Reply),
+    assert reply.code is ErrorCode.BAD_REQUEST  # a real error read late stays what it is
+    (reply,) = only(book.replied("A", 1, early.rid, False, (ErrorCode.TIMEOUT, "made up"), 0.05), Reply),
+    assert reply.code is ErrorCode.AGENT_ERROR  # before the deadline an agent cannot claim our verdict
 
 
 def test_a_timed_out_request_is_cancelled_only_with_the_incarnation_that_holds_it():

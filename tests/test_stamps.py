@@ -13,7 +13,7 @@ from sunsetd.stamps import StampPage
 
 
 def test_a_stamp_is_read_through_another_mapping_and_agents_get_the_daemons_read_only():
-    page = StampPage.create("daemon")
+    page = StampPage.create("daemon", shared=True)
     try:
         assert page.read() is None  # never stamped
         page.stamp(1_500_000_000)
@@ -49,3 +49,35 @@ def test_agents_leave_a_daemon_that_stops_stamping_and_come_back_with_it(start_d
     wait_until(lambda: all(a["state"] == "ready" and a["pid"] != before[a["name"]] for a in d.status()["agents"]),
                20, what="every agent replaced")
     assert d.log().count("sunsetd silent for") >= 3
+
+
+def test_no_page_can_be_resized_and_the_daemons_takes_no_writes_but_its_own():
+    # found by attacking it: an agent reopened its page, or the daemon's, for writing through
+    # /proc/PID/fd and truncated it; the daemon's next read was SIGBUS, and every agent died with it
+    own = StampPage.create("A#1")
+    daemon = StampPage.create("daemon", shared=True)
+    try:
+        for page in (own, daemon):
+            rw = os.open(f"/proc/self/fd/{page.fd}", os.O_RDWR)
+            try:
+                with pytest.raises(PermissionError):
+                    os.ftruncate(rw, 0)
+                with pytest.raises(PermissionError):
+                    os.ftruncate(rw, 4096)
+            finally:
+                os.close(rw)
+        rw = os.open(f"/proc/self/fd/{daemon.fd}", os.O_RDWR)
+        try:
+            with pytest.raises(PermissionError):
+                os.pwrite(rw, b"\0" * 8, 0)  # a frozen stamp would make every sibling leave
+            with pytest.raises(PermissionError):
+                mmap.mmap(rw, 8, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        finally:
+            os.close(rw)
+        daemon.stamp(7_000_000_000)  # our own mapping still writes
+        assert daemon.read() == 7.0
+        own.stamp(8_000_000_000)
+        assert own.read() == 8.0
+    finally:
+        own.close()
+        daemon.close()

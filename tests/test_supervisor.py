@@ -208,6 +208,20 @@ def test_a_stamped_agent_is_judged_by_its_stamp_on_one_timer_and_sent_no_heartbe
     assert h.state("B") is State.READY  # 0.45 s is within its 0.75 s
 
 
+def test_an_agent_that_could_not_map_its_page_says_so_and_gets_heartbeat_frames():
+    # found in review: the daemon took a page for granted; an agent that could not map it fell back to
+    # frames nobody sent, and exited "sunsetd silent" again and again
+    h = Harness(profile(spec("A")))
+    h.spawner.stamped = True
+    h.start()
+    handle = h.spawner.latest("A")
+    handle.start()
+    h.sup.on_agent_message("A", 1, Kind.HELLO, {"pid": handle.pid, "stamps": False})
+    h.sup.on_agent_message("A", 1, Kind.READY, None)
+    h.live(0.35)
+    assert h.channel.kinds("A").count(Kind.HEARTBEAT) == 1 + 3 and h.state("A") is State.READY
+
+
 def test_a_hang_verdict_waits_while_messages_are_unread_but_not_for_ever():
     h = up(profile(spec("A")))
     h.channel.unread = True  # the loop is behind: its heartbeat may be among them
