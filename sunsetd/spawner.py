@@ -387,7 +387,7 @@ class LocalSpawner:
         # its reason, not in the child with a generic one
         refused = None if spec.process.empty else procsettings.refusal(spec.process)
         if refused is not None:
-            self.timers.call_soon(lambda: self._failed(handle, refused))
+            self._fail_soon(handle, refused)
             return handle
         if spec.command:  # a program: exec'd as it is, whatever the spawner (the zygote forks Python agents)
             env = {**self.env, **spec.process.environment()}
@@ -396,7 +396,7 @@ class LocalSpawner:
                     handle.notify = NotifySocket()
                 except OSError as exc:
                     error = f"cannot make its NOTIFY_SOCKET: {exc.strerror or exc}"
-                    self.timers.call_soon(lambda: self._failed(handle, error))
+                    self._fail_soon(handle, error)
                     return handle
                 uid = procsettings.uid_of(spec.process)  # looked up once, not per datagram
                 handle.notify.program_uid = -1 if uid is None else uid
@@ -468,7 +468,7 @@ class LocalSpawner:
                 raise
         except OSError as exc:
             error = f"cannot make its secret's pipe or stamp pages: {exc.strerror or exc}"
-            self.timers.call_soon(lambda: self._failed(handle, error))
+            self._fail_soon(handle, error)
             return
         os.write(secret_w, handle.secret)  # 32 bytes: far below a pipe's buffer
         os.close(secret_w)
@@ -497,7 +497,7 @@ class LocalSpawner:
             for fd in set(pass_fds) - set(keep_fds):
                 os.close(fd)
             error = f"cannot make its output pipes: {exc.strerror or exc}"
-            self.timers.call_soon(lambda: self._failed(handle, error))
+            self._fail_soon(handle, error)
             return
         parent = self.pid
 
@@ -518,7 +518,7 @@ class LocalSpawner:
             error = f"{argv[0][:200]!r}: {exc.strerror or exc}" if isinstance(exc, OSError) else \
                 f"cannot be started: {exc}" if isinstance(exc, ValueError) else \
                 f"its process settings were refused in the child ({exc})"
-            self.timers.call_soon(lambda: self._failed(handle, error))
+            self._fail_soon(handle, error)
             return
         finally:
             os.close(out_w)  # the child holds its own copies
@@ -566,6 +566,10 @@ class LocalSpawner:
             self.gate.forget(handle.pid, handle.routing_id)
         if handle.page is not None:
             handle.page.close()
+
+    def _fail_soon(self, handle: LocalHandle, error: str) -> None:
+        """A process that cannot be made: SpawnFailed, never inside spawn() (the caller is mid-step)."""
+        self.timers.call_soon(lambda: self._failed(handle, error))
 
     def _failed(self, handle: LocalHandle, error: str) -> None:
         handle.reaped = True
@@ -787,7 +791,7 @@ class ForkSpawner(LocalSpawner):
                 raise
         except OSError as exc:
             error = f"cannot make its stamp pages: {exc.strerror or exc}"
-            self.timers.call_soon(lambda: self._failed(handle, error))
+            self._fail_soon(handle, error)
             return
         self.server.submit(handle, self._issue_identity(handle, launch))
 

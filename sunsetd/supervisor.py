@@ -657,7 +657,7 @@ class Supervisor:
         if kind is Kind.HELLO and not slot.hello:
             slot.hello = True
             # stamps only when both sides have them: an agent that could not map its page says so
-            slot.stamped = getattr(handle, "stamped", False) and isinstance(body, dict) and body.get("stamps") is True
+            slot.stamped = handle.stamped and isinstance(body, dict) and body.get("stamps") is True
             if not slot.stamped:  # a stamped one is judged by the liveness tick
                 self._channel(slot).send(slot.name, incarnation, Kind.HEARTBEAT)  # it hears us at once
                 self._schedule_heartbeat(slot, now)
