@@ -138,11 +138,11 @@ class Router:
         if self.mcp is not None and p.to in self.mcp.names:
             self.execute(self.mcp.forward(p, d.incarnation))
             return
-        frame = protocol.pack({"id": p.rid, "op": p.op, "body": p.body, "deadline": p.deadline + self._wall_offset})
         peer = self.auth.route(p.to, d.incarnation)
         if peer is None:  # its process is gone though the book has not heard yet
             self.execute(self.book.forward_failed(p, peer_gone=True))
             return
+        frame = protocol.pack({"id": p.rid, "op": p.op, "body": p.body, "deadline": p.deadline + self._wall_offset})
         try:
             self.agents.send_multipart([peer, Kind.REQUEST.value, frame], flags=NOBLOCK)
         except zmq.Again:

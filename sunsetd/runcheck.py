@@ -91,13 +91,8 @@ def _well_formed(profile: Any) -> bool:
 
 
 def _reload_answer(lines: list[str], profile_arg: str, failure: str) -> tuple[Profile | None, list[str]]:
-    for line in lines:
-        try:
-            entry = json.loads(line)
-        except (ValueError, RecursionError):
-            continue
-        if not isinstance(entry, dict):
-            continue
+    entries = _entries(lines)  # the profile's line is megabytes: decoded once
+    for entry in entries:
         if isinstance(entry.get("profile_errors"), list):
             return None, [str(e) for e in entry["profile_errors"]] or [f"{profile_arg[:200]}: refused"]
         if isinstance(entry.get("profile"), str):
@@ -107,19 +102,32 @@ def _reload_answer(lines: list[str], profile_arg: str, failure: str) -> tuple[Pr
                 return None, [f"{profile_arg[:200]}: the check's answer is not a profile ({exc})"]
             if not _well_formed(profile):
                 return None, [f"{profile_arg[:200]}: the check's answer is not a profile"]
-            return profile, profile_errors(profile, parse_results(lines), failure)
+            return profile, profile_errors(profile, _results(entries), failure)
     return None, [f"{profile_arg[:200]}: cannot be read as a profile ({failure})"]
 
 
-def parse_results(lines: Iterable[str]) -> dict[str, str | None]:
-    """target -> None (fine) or why not, from the child's stdout lines (others are ignored)."""
-    results: dict[str, str | None] = {}
+def _entries(lines: Iterable[str]) -> list[dict]:
+    """The child's stdout lines that are JSON objects (others are ignored), each decoded once."""
+    entries = []
     for line in lines:
         try:
             entry = json.loads(line)
         except (ValueError, RecursionError):  # what a module the check imports wrote to our answer's fd
             continue
-        if isinstance(entry, dict) and isinstance(entry.get("run"), str):
+        if isinstance(entry, dict):
+            entries.append(entry)
+    return entries
+
+
+def parse_results(lines: Iterable[str]) -> dict[str, str | None]:
+    """target -> None (fine) or why not, from the child's stdout lines (others are ignored)."""
+    return _results(_entries(lines))
+
+
+def _results(entries: list[dict]) -> dict[str, str | None]:
+    results: dict[str, str | None] = {}
+    for entry in entries:
+        if isinstance(entry.get("run"), str):
             error = entry.get("error")
             results[entry["run"]] = error if isinstance(error, str) or error is None else str(error)
     return results
