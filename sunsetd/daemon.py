@@ -399,7 +399,7 @@ class Daemon:
         self.router.on_reply = self.metrics.observe_reply
         if self.metrics_addr is not None:
             try:
-                address = self.metrics.serve(*self.metrics_addr)
+                address = self.metrics.serve(*self.metrics_addr, self.loop)
                 self.metrics_url = f"http://{address}/metrics"
                 logs.event(logs.DAEMON, "metrics", f"serving http://{address}/metrics and /health")
             except OSError as exc:
@@ -451,5 +451,6 @@ class Daemon:
             self.auth.close()
             os.close(self._wakeup_r)
             os.close(wakeup_w)
+            self.loop.close()
         logs.event(logs.DAEMON, "exit", "all agents stopped", replies=dict(self.router.replies))
         return EXIT_OK
