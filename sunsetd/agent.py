@@ -25,7 +25,7 @@ from typing import Any
 
 from sunsetd import protocol
 from sunsetd.protocol import LAUNCH_ENV, SECRET_FD_ENV, ErrorCode, Kind, Launch, ProtocolError, RemoteError
-from sunsetd.stamps import DAEMON_SILENT_MIN_S
+from sunsetd.stamps import DAEMON_SILENT_MIN_S, IDLE_STAMP_S
 
 EXIT_SETUP_FAILED = 1
 EXIT_DAEMON_LOST = 3
@@ -148,7 +148,8 @@ class AgentRuntime:
         # (ours, the daemon's) stamp pages (sunsetd.stamps): liveness both ways without heartbeat frames
         self.own_page, self.daemon_page = pages if pages is not None else (None, None)
         # A stamp every half of the silence the daemon allows is as safe as one every heartbeat (it reads
-        # them on a timer of its own), and each wake-up is the whole cost of an idle agent (~0.1 ms here)
+        # them on a timer of its own), and each wake-up is the whole cost of an idle agent (~0.1 ms here):
+        # one with nothing to do stamps every IDLE_STAMP_S, saying so (sunsetd.stamps)
         self.beat_s = self.heartbeat_s if self.own_page is None else self.liveness * self.heartbeat_s / 2
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.DEALER)
@@ -400,12 +401,14 @@ class AgentRuntime:
                 else:
                     self._signal_received(wakeup_r)
             now = time.monotonic()
-            if now >= next_beat:
-                if self.own_page is None:
+            if self.own_page is None:
+                if now >= next_beat:
                     self._send(Kind.HEARTBEAT)
-                else:  # a stamp, not a frame: no wake-up of libzmq's threads, here or in the daemon
-                    self.own_page.stamp()
-                next_beat = now + self.beat_s
+                    next_beat = now + self.beat_s
+            else:  # a stamp at every wake-up, not a frame: no wake-up of libzmq's threads, here or in the daemon
+                idle = self.ready and self.busy == 0 and self.stopping_since is None
+                self.own_page.stamp(idle=idle)
+                next_beat = now + (IDLE_STAMP_S if idle else self.beat_s)
             if self.daemon_page is not None:
                 stamped = self.daemon_page.read()
                 if stamped is not None and stamped > last_heard:

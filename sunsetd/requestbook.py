@@ -407,6 +407,14 @@ class RequestBook:
         agent = self._agents.get(name)
         return agent is None or not (agent.inflight or agent.queue)
 
+    def owes(self, name: str, incarnation: int) -> bool:
+        """Whether that incarnation holds a request forwarded to it and not answered: the liveness tick
+        judges an idle agent that is given work by the working limit (sunsetd.stamps)."""
+        agent = self._agents.get(name)
+        if agent is None or len(agent.inflight) <= agent.orphans:
+            return False
+        return any(p.incarnation == incarnation and p.orphaned_until is None for p in agent.inflight.values())
+
     def last_request_at(self, name: str) -> float:
         agent = self._agents.get(name)
         return 0.0 if agent is None else agent.last_request_at

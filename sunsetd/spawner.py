@@ -40,7 +40,8 @@ MAX_LINE = 16 * 1024  # a longer line is cut, so one agent cannot make the daemo
 MAX_MESSAGE_LINE = 8 * 1024 * 1024  # but an MCP server's stdout carries its answers, one per line
 MAX_INPUT_BACKLOG = 16 * 1024 * 1024  # written to a child's stdin and not yet taken by it
 LINE_CUT = " [line cut]"  # the end of a line that was longer than its reader takes
-SAMPLE_INTERVAL_S = 1.0  # RSS of every child
+SAMPLE_INTERVAL_S = 1.0  # RSS of the children with a memory limit
+SAMPLE_IDLE_EVERY = 10  # and of the others, every this many samples
 SWEEP_INTERVAL_S = 1.0  # orphans left by dead agents
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -103,10 +104,11 @@ class ProcessHandle(Protocol):
     def resume(self) -> None: ...
     def signal(self, sig: int) -> None: ...  # any signal, to its group (an operator's `sunsetctl signal`)
     def memory(self, fresh: bool = False) -> int | None: ...
-    # its liveness stamp (sunsetd.stamps), monotonic seconds; None before its first. Only for a
-    # handle that is `stamped`: the others speak heartbeat frames
+    # its liveness stamp (sunsetd.stamps): (monotonic seconds, whether it said it was idle); None before
+    # its first. Only for a handle that is `stamped`: the others speak heartbeat frames
     stamped: bool
-    def heard(self) -> float | None: ...
+    def heard(self) -> tuple[float, bool] | None: ...
+    stopped_since: float | None  # when the kernel reported it stopped by a signal (SIGSTOP); None: running
     # its stdin, for a program that speaks a protocol there (MCP); never blocks
     def write(self, data: bytes) -> bool: ...  # False: its input is closed (stopped reading, or gone)
     def close_input(self) -> None: ...
@@ -286,6 +288,8 @@ class LocalHandle:
         self.routing_id = routing_id(name, incarnation)  # with its tag once the gate issued one
         self.page: StampPage | None = None  # a Python agent's liveness stamp, written by it, read by us
         self.fork_fds: tuple[int, ...] = ()  # copies of its stamp pages on their way to the zygote
+        self.stopped_since: float | None = None
+        self.sample_every = 1  # its RSS is read every this many seconds (sample_every in spawn)
         self._early_signals: list[int] = []
 
     def __repr__(self) -> str:
@@ -326,8 +330,8 @@ class LocalHandle:
     def stamped(self) -> bool:
         return self.page is not None
 
-    def heard(self) -> float | None:
-        return self.page.read() if self.page is not None and not self.page.map.closed else None
+    def heard(self) -> tuple[float, bool] | None:
+        return self.page.observe() if self.page is not None and not self.page.map.closed else None
 
     def memory(self, fresh: bool = False) -> int | None:
         if fresh and self.pid is not None and not self.reaped:
@@ -369,9 +373,10 @@ class LocalSpawner:
                        "WARNING")
         self.handles: dict[int, LocalHandle] = {}  # pid -> handle, until reaped
         self.gate: Any = None  # the authenticator (sunsetd.auth): told each agent's secret and pid
-        self._timers: list[Timer] = [timers.call_later(SAMPLE_INTERVAL_S, self._sample),
-                                     timers.call_later(SWEEP_INTERVAL_S, self._sweep),
-                                     timers.call_later(DAEMON_STAMP_S, self._stamp)]
+        self._samples = 0
+        self._timers: list[Timer] = [timers.call_aligned(SAMPLE_INTERVAL_S, self._sample),
+                                     timers.call_aligned(SWEEP_INTERVAL_S, self._sweep),
+                                     timers.call_aligned(DAEMON_STAMP_S, self._stamp)]
         self.daemon_page = StampPage.create("daemon", shared=True)  # every agent maps it: is our loop alive?
         self.daemon_page.stamp()
         self.closed = False
@@ -383,6 +388,7 @@ class LocalSpawner:
     def spawn(self, spec: AgentSpec, incarnation: int, listener: Listener) -> LocalHandle:
         handle = LocalHandle(spec.name, incarnation, listener)
         handle.settings = spec.process
+        handle.sample_every = 1 if spec.max_rss_mb else SAMPLE_IDLE_EVERY
         # what the kernel would refuse (a limit over the hard one, a user that is gone) fails here, with
         # its reason, not in the child with a generic one
         refused = None if spec.process.empty else procsettings.refusal(spec.process)
@@ -442,7 +448,7 @@ class LocalSpawner:
     def _stamp(self) -> None:
         self.daemon_page.stamp()
         if not self.closed:
-            self._timers[2] = self.timers.call_later(DAEMON_STAMP_S, self._stamp)
+            self._timers[2] = self.timers.call_aligned(DAEMON_STAMP_S, self._stamp)
 
     def _issue_identity(self, handle: LocalHandle, launch: Launch) -> Launch:
         """Its secret and its routing id's tag: the launch it is given carries the tag."""
@@ -661,17 +667,41 @@ class LocalSpawner:
         return code
 
     def _sample(self) -> None:
+        """RSS every second of the agents with a memory limit, every SAMPLE_IDLE_EVERY seconds of the
+        others (status, metrics and the budget read it fresh when they need it): 77 reads of
+        /proc/PID/statm a second were a tenth of what an idle daemon cost."""
+        self._samples += 1
         for handle in list(self.handles.values()):
+            if self._samples % handle.sample_every:
+                continue
             rss = handle.memory(fresh=True)
             if rss is not None:
                 handle.listener(Memory(handle, rss))
         if not self.closed:
-            self._timers[0] = self.timers.call_later(SAMPLE_INTERVAL_S, self._sample)
+            self._timers[0] = self.timers.call_aligned(SAMPLE_INTERVAL_S, self._sample)
 
     # ---- orphans
     def on_sigchld(self) -> None:
-        """Reap exited children nobody owns (what agents left behind, reparented to us)."""
+        """Reap exited children nobody owns (what agents left behind, reparented to us), and note which
+        of ours were stopped or continued by a signal: a SIGSTOPped agent cannot say it is frozen, and an
+        idle one stamps rarely (sunsetd.stamps)."""
         reap_strays(self.known_pids(), kill=False, reap_unknown=not self.spawning())
+        now = self.timers.now()
+        for handle in self.handles.values():
+            if handle.pidfd is None or handle.reaped:
+                continue
+            for _ in range(2):  # at most a stop and a continue are waiting
+                try:  # without WEXITED: an exit stays for the pidfd's reader
+                    info = os.waitid(os.P_PIDFD, handle.pidfd, os.WSTOPPED | os.WCONTINUED | os.WNOHANG)
+                except OSError:  # not our child (yet: a forked agent before the zygote's intermediate exits)
+                    break
+                if info is None:
+                    break
+                if info.si_code in (os.CLD_STOPPED, os.CLD_TRAPPED):
+                    if handle.stopped_since is None:
+                        handle.stopped_since = now
+                elif info.si_code == os.CLD_CONTINUED:
+                    handle.stopped_since = None
 
     def _sweep(self) -> None:
         """Once a second: a process an agent left behind outside its own process group (it escaped the
@@ -680,7 +710,7 @@ class LocalSpawner:
             for pid, name in reap_strays(self.known_pids(), kill=True, reap_unknown=True):
                 logs.event(logs.DAEMON, "orphan", f"killed {name} left behind by a dead agent", "WARNING", pid=pid)
         if not self.closed:
-            self._timers[1] = self.timers.call_later(SWEEP_INTERVAL_S, self._sweep)
+            self._timers[1] = self.timers.call_aligned(SWEEP_INTERVAL_S, self._sweep)
 
 
 def sweep_at_exit(spawner: "LocalSpawner", timeout_s: float = 1.0) -> None:

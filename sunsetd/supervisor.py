@@ -27,6 +27,7 @@ from sunsetd.reload import (ReloadOutcome, ReloadPlan, RollBack, Settled, Settle
 from sunsetd.requestbook import Availability, AgentView
 from sunsetd.spawner import (Exited, Memory, Notified, Output, ProcessEvent, ProcessHandle, Spawner, SpawnFailed,
                              Started)
+from sunsetd.stamps import IDLE_STAMP_S
 from sunsetd.timers import Timer, Timers
 
 IDLE_CHECK_INTERVAL_S = 1.0  # lazy agents idle too long are stopped on this beat
@@ -109,6 +110,7 @@ class AgentSlot:
     hello: bool = False
     last_heard: float = 0.0
     stamped: bool = False  # this incarnation's liveness is its stamp page (sunsetd.stamps), not frames
+    owed_since: float | None = None  # the liveness tick first saw it hold forwarded work (stamped agents)
     heartbeat_misses: int = 0
     lazy_start_at: float | None = None  # when a request started this lazy agent, until it is ready
     stop_reason: str | None = None  # why it is to stop once its dependents have (a group stop)
@@ -208,8 +210,8 @@ class Supervisor:
         for slot in self.slots.values():
             if not slot.spec.lazy:
                 self._want(slot)
-        self._idle_timer = self.timers.call_later(IDLE_CHECK_INTERVAL_S, self._idle_check)
-        self._liveness_timer = self.timers.call_later(self._liveness_tick_s(), self._liveness_tick)
+        self._idle_timer = self.timers.call_aligned(IDLE_CHECK_INTERVAL_S, self._idle_check)
+        self._liveness_timer = self.timers.call_aligned(self._liveness_tick_s(), self._liveness_tick)
         self._check_all_ready()  # a profile with no essential agent (all lazy) is ready at once
 
     def _want(self, slot: AgentSlot) -> None:
@@ -474,6 +476,7 @@ class Supervisor:
         incarnation = self.incarnations[slot.name] = self.incarnation(slot.name) + 1
         slot.spawned_with = slot.spec
         slot.hello = slot.stamped = False
+        slot.owed_since = None
         slot.status_text = slot.watchdog_s = None
         slot.stop_urgent = False
         slot.last_heard = self.timers.now()
@@ -620,6 +623,7 @@ class Supervisor:
         slot.stop_signal_timer = None
         slot.handle = None
         slot.hello = slot.stamped = False
+        slot.owed_since = None
         self.timers.cancel(slot.heartbeat_timer)
         slot.heartbeat_timer = None
         asked = slot.state is State.STOPPING
@@ -775,23 +779,36 @@ class Supervisor:
 
     def _liveness_tick(self) -> None:
         """Read every stamped agent's stamp and judge the ready ones: one timer for all, no frames (the
-        stamps' module says why)."""
+        stamps' module says why), on the same wake-up as the daemon's own stamp."""
         now = self.timers.now()
         for slot in list(self.slots.values()):
             handle = slot.handle
             if handle is None or not slot.hello or not slot.stamped:
                 continue
-            heard = handle.heard()
-            if heard is not None and heard > slot.last_heard:
-                slot.last_heard = min(heard, now)  # never in our future: a stamp is the agent's word
+            seen = handle.heard()
+            if seen is None:
+                continue
+            stamp, idle = seen
+            stamp = min(stamp, now)  # never in our future: a stamp is the agent's word
+            slot.last_heard = max(slot.last_heard, stamp)
             if slot.state is not State.READY:
                 continue  # starting: its start timeout alone judges it
-            verdict = health.heartbeat_verdict(now, slot.last_heard, slot.spec.heartbeat_ms, slot.spec.liveness,
-                                               False)
-            if verdict is health.Heartbeat.HUNG:
+            if self.requests.owes(slot.name, handle.incarnation):
+                if slot.owed_since is None:
+                    slot.owed_since = now
+            else:
+                slot.owed_since = None
+            stopped, watched = handle.stopped_since, slot.owed_since
+            if stopped is not None and (watched is None or stopped < watched):
+                watched = stopped
+            spec = slot.spec
+            limit_s = spec.liveness * spec.heartbeat_ms / 1000.0
+            silent = health.stamp_silence(now, stamp, idle, watched, limit_s, IDLE_STAMP_S + limit_s)
+            if silent is not None:
                 slot.heartbeat_misses += 1
-                self._unhealthy(slot, f"hung: no heartbeat for {(now - slot.last_heard) * 1000:.0f}ms")
-        self._liveness_timer = self.timers.call_later(self._liveness_tick_s(), self._liveness_tick)
+                how = ", stopped by a signal" if stopped is not None else ""
+                self._unhealthy(slot, f"hung: no heartbeat for {silent * 1000:.0f}ms{how}")
+        self._liveness_timer = self.timers.call_aligned(self._liveness_tick_s(), self._liveness_tick)
 
     def _schedule_heartbeat(self, slot: AgentSlot, now: float, delay: float | None = None) -> None:
         self.timers.cancel(slot.heartbeat_timer)
@@ -836,20 +853,21 @@ class Supervisor:
                 dependents_running=any(d.lifecycle.running for d in slot.dependents)))
             if verdict is not None and not self.stopping:
                 self.stop_agent(slot.name, verdict)
-        self._idle_timer = self.timers.call_later(IDLE_CHECK_INTERVAL_S, self._idle_check)
+        self._idle_timer = self.timers.call_aligned(IDLE_CHECK_INTERVAL_S, self._idle_check)
 
-    def footprint_mb(self, slot: AgentSlot) -> float:
-        """Memory an agent counts against the budget: observed RSS, or its declared size while starting."""
+    def footprint_mb(self, slot: AgentSlot, fresh: bool = False) -> float:
+        """Memory an agent counts against the budget: observed RSS (`fresh`: read now, not the spawner's
+        latest sample, which may be seconds old), or its declared size while starting."""
         if not slot.lifecycle.running:
             return 0.0
-        rss = slot.handle.memory() if slot.handle is not None else None  # the spawner's latest sample
+        rss = slot.handle.memory(fresh=fresh) if slot.handle is not None else None
         if slot.state is State.STARTING or rss is None:
             return float(slot.spec.memory_mb)
         return rss / health.MB
 
     def _make_room(self, slot: AgentSlot) -> str | None:
         agents = {s.name: budget.BudgetAgent(
-            name=s.name, footprint_mb=self.footprint_mb(s), memory_mb=s.spec.memory_mb,
+            name=s.name, footprint_mb=self.footprint_mb(s, fresh=True), memory_mb=s.spec.memory_mb,
             running=s.lifecycle.running,
             evictable=(s.spec.lazy and s.state is State.READY and self.requests.idle(s.name)
                        and not any(d.lifecycle.running for d in s.dependents)),

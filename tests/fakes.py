@@ -62,12 +62,14 @@ class FakeHandle:
         self.unread_input = 0
         self.stamped = spawner.stamped  # a Python agent with a stamp page (sunsetd.stamps): set `stamp`
         self.stamp: float | None = None
+        self.idle = False  # what its stamp says: idle, the next one comes IDLE_STAMP_S later
+        self.stopped_since: float | None = None
 
     def __repr__(self) -> str:
         return f"<FakeHandle {self.name}#{self.incarnation}>"
 
-    def heard(self) -> float | None:
-        return self.stamp
+    def heard(self) -> tuple[float, bool] | None:
+        return None if self.stamp is None else (self.stamp, self.idle)
 
     # what the supervisor may ask
     def terminate(self) -> None:

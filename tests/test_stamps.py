@@ -9,7 +9,7 @@ import time
 import pytest
 
 from conftest import TEST_PROFILES, wait_until
-from sunsetd.stamps import StampPage
+from sunsetd.stamps import IDLE_STAMP_S, StampPage
 
 
 def test_a_stamp_is_read_through_another_mapping_and_agents_get_the_daemons_read_only():
@@ -38,12 +38,14 @@ def test_a_stamp_is_read_through_another_mapping_and_agents_get_the_daemons_read
 @pytest.mark.slow
 def test_agents_leave_a_daemon_that_stops_stamping_and_come_back_with_it(start_daemon):
     # an agent no longer hears heartbeat frames: it reads the daemon's stamp, which a frozen daemon
-    # stops writing; after liveness (100 ms x 3 in mini) it exits, and the daemon restarts it when it runs again
+    # stops writing. An idle agent reads it when it wakes to stamp its own, every IDLE_STAMP_S: one that
+    # finds the daemon silent for its liveness (100 ms x 3 in mini, at least DAEMON_SILENT_MIN_S) exits,
+    # and the daemon restarts it when it runs again
     d = start_daemon(TEST_PROFILES / "mini.yaml")
     before = {a["name"]: a["pid"] for a in d.status()["agents"]}
     os.kill(d.proc.pid, signal.SIGSTOP)
     try:
-        time.sleep(1.5)
+        time.sleep(IDLE_STAMP_S + 1.5)
     finally:
         os.kill(d.proc.pid, signal.SIGCONT)
     wait_until(lambda: all(a["state"] == "ready" and a["pid"] != before[a["name"]] for a in d.status()["agents"]),
@@ -81,3 +83,19 @@ def test_no_page_can_be_resized_and_the_daemons_takes_no_writes_but_its_own():
     finally:
         own.close()
         daemon.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("spawner", ["fork", "exec"])
+def test_an_idle_agent_frozen_by_sigstop_is_found_by_the_kernels_word_not_at_its_next_stamp(start_daemon, spawner):
+    # #12: an idle agent stamps every IDLE_STAMP_S; a SIGSTOP is reported to the daemon (its parent) by
+    # SIGCHLD, and the agent is judged by its liveness (100 ms x 3) from then on, not IDLE_STAMP_S later
+    d = start_daemon(TEST_PROFILES / "mini.yaml", "--spawner", spawner)
+    time.sleep(1.0)  # every agent idle, its last stamp saying so
+    old = d.call("Base", "pid")
+    t0 = time.monotonic()
+    os.kill(old, signal.SIGSTOP)
+    wait_until(lambda: d.agent("Base")["pid"] not in (None, old) and d.agent("Base")["state"] == "ready",
+               IDLE_STAMP_S, what="the frozen agent replaced")
+    assert time.monotonic() - t0 < IDLE_STAMP_S - 1.0
+    assert 'reason="hung: no heartbeat for' in d.log() and "stopped by a signal" in d.log()

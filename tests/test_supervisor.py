@@ -15,6 +15,7 @@ from sunsetd.profile import Intensity, RestartMode
 from sunsetd.protocol import Kind
 from sunsetd.reload import plan
 from sunsetd.requestbook import Availability
+from sunsetd.stamps import IDLE_STAMP_S
 
 CHAIN = profile(spec("Base"), spec("Middle", depends_on=("Base",)), spec("Top", depends_on=("Middle",)))
 
@@ -206,6 +207,79 @@ def test_a_stamped_agent_is_judged_by_its_stamp_on_one_timer_and_sent_no_heartbe
     h.clock.advance(0.2)
     assert h.state("A") is State.STOPPING and "hung: no heartbeat" in h.sup.slots["A"].lifecycle.reason
     assert h.state("B") is State.READY  # 0.45 s is within its 0.75 s
+
+
+def _stamped_and_idle(*specs):
+    h = Harness(profile(*specs))
+    h.spawner.stamped = True
+    h.start()
+    for sp in specs:
+        h.hello(sp.name)
+        handle = h.spawner.latest(sp.name)
+        handle.stamp, handle.idle = h.clock.now, True
+    return h
+
+
+def test_an_idle_agent_stamps_every_idle_interval_and_is_hung_only_past_it():
+    # #12: at 2.6 stamps a second 77 idle agents still cost 2.8 % of a core; an idle one stamps every
+    # IDLE_STAMP_S (5 s), saying it is idle, and is judged by that interval plus its liveness
+    h = _stamped_and_idle(spec("A"))  # heartbeat 100 ms x liveness 3
+    a = h.spawner.latest("A")
+    for _ in range(12):  # a minute of idle stamps
+        h.clock.advance(IDLE_STAMP_S)
+        a.stamp = h.clock.now
+    assert h.state("A") is State.READY
+    h.clock.advance(IDLE_STAMP_S + 0.25)
+    assert h.state("A") is State.READY
+    h.clock.advance(0.2)  # the next tick (every 0.1 s) past IDLE_STAMP_S + 0.3 s
+    assert h.state("A") is State.STOPPING and "hung: no heartbeat for 5" in h.sup.slots["A"].lifecycle.reason
+
+
+def test_an_idle_agent_given_work_it_never_takes_up_is_hung_within_its_liveness_of_the_forward():
+    h = _stamped_and_idle(spec("A"))
+    h.clock.advance(2.0)  # its idle stamp is 2 s old: it freezes (or a thread wedges the interpreter)
+    h.request("A", cid="never taken up")
+    h.clock.advance(0.3)
+    assert h.state("A") is State.READY
+    h.clock.advance(0.15)  # 0.3 s of liveness after the tick that saw the forward, ticks every 0.1 s
+    assert h.state("A") is State.STOPPING and "hung" in h.sup.slots["A"].lifecycle.reason
+
+
+def test_an_idle_agent_given_work_that_it_takes_up_is_judged_as_a_working_one():
+    h = _stamped_and_idle(spec("A"))
+    a = h.spawner.latest("A")
+    h.clock.advance(2.0)
+    h.request("A", cid="long")
+    for _ in range(20):  # it works for 2 s, stamping every half of its liveness
+        a.stamp, a.idle = h.clock.now, False
+        h.clock.advance(0.15)
+    assert h.state("A") is State.READY
+    h.clock.advance(0.35)  # it wedges while working (a handler in C holding the GIL)
+    assert h.state("A") is State.STOPPING
+
+
+def test_an_idle_agent_stopped_by_a_signal_is_hung_within_its_liveness_of_the_stop():
+    # the kernel tells the daemon (SIGCHLD, waitid WSTOPPED) what the agent cannot: it is frozen
+    h = _stamped_and_idle(spec("A"))
+    a = h.spawner.latest("A")
+    h.clock.advance(3.0)
+    a.stopped_since = h.clock.now
+    h.clock.advance(0.25)
+    assert h.state("A") is State.READY
+    h.clock.advance(0.15)
+    assert h.state("A") is State.STOPPING and "stopped by a signal" in h.sup.slots["A"].lifecycle.reason
+
+
+def test_an_idle_agent_stopped_and_continued_within_its_liveness_stays():
+    h = _stamped_and_idle(spec("A"))
+    a = h.spawner.latest("A")
+    h.clock.advance(1.0)
+    a.stopped_since = h.clock.now
+    h.clock.advance(0.2)
+    a.stopped_since = None  # SIGCONT: its poll timed out long ago, it stamps at once
+    a.stamp = h.clock.now
+    h.clock.advance(4.0)
+    assert h.state("A") is State.READY
 
 
 def test_an_agent_that_could_not_map_its_page_says_so_and_gets_heartbeat_frames():

@@ -42,3 +42,24 @@ def test_a_heap_of_cancelled_timers_is_compacted():
     for _ in range(5000):
         timers.cancel(timers.call_at(100.0, lambda: None))
     assert len(timers._heap) < 3000
+
+
+def test_aligned_timers_of_commensurate_periods_share_a_wake_up_and_never_fire_twice_at_once():
+    now = [0.30000000000000004]
+    timers = Timers(clock=lambda: now[0])
+    fired: list[tuple[str, float]] = []
+
+    def every(name: str, period: float) -> None:
+        fired.append((name, now[0]))
+        timers.call_aligned(period, lambda: every(name, period))
+
+    timers.call_aligned(0.25, lambda: every("quarter", 0.25))
+    timers.call_aligned(1.0, lambda: every("second", 1.0))
+    wakes = 0
+    while now[0] < 3.0:
+        now[0] = min(e[0] for e in timers._heap if not e[2].cancelled)  # the loop sleeps until the next
+        wakes += 1
+        timers.run_due()
+    assert wakes == 11  # 0.5, 0.75, ..., 3.0: the seconds ride on the quarters' wake-ups
+    assert [t for name, t in fired if name == "second"] == [1.0, 2.0, 3.0]
+    assert len({t for _, t in fired}) == wakes

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 
+from sunsetd import health
 from sunsetd.budget import BudgetAgent, NoRoom, Room, make_room
 from sunsetd.health import (DaemonState, EssentialFacts, Heartbeat, IdleFacts, daemon_state, healthy,
                             heartbeat_verdict, idle_verdict, memory_verdict, not_ready)
@@ -123,3 +124,18 @@ def test_a_start_that_cannot_fit_says_why():
     assert isinstance(verdict, NoRoom)
     assert verdict.reason == ("memory budget of 330 MB: starting Giant needs 500 MB, running agents use 200 MB and "
                               "no idle lazy agent can be stopped to make room")
+
+
+def test_stamp_silence_working_idle_and_watched():
+    limit, idle_limit = 0.75, 5.75
+    # working: its own limit, whatever the daemon watches
+    assert health.stamp_silence(10.7, 10.0, False, None, limit, idle_limit) is None
+    assert health.stamp_silence(10.8, 10.0, False, None, limit, idle_limit) == pytest.approx(0.8)
+    assert health.stamp_silence(10.8, 10.0, False, 10.5, limit, idle_limit) == pytest.approx(0.8)  # never laxer
+    # idle: the idle limit
+    assert health.stamp_silence(15.7, 10.0, True, None, limit, idle_limit) is None
+    assert health.stamp_silence(15.8, 10.0, True, None, limit, idle_limit) == pytest.approx(5.8)
+    # idle but watched (given work, or stopped): the working limit from the later of stamp and watch
+    assert health.stamp_silence(12.7, 10.0, True, 12.0, limit, idle_limit) is None
+    assert health.stamp_silence(12.8, 10.0, True, 12.0, limit, idle_limit) == pytest.approx(2.8)
+    assert health.stamp_silence(12.8, 12.5, True, 12.0, limit, idle_limit) is None  # it stamped after
