@@ -41,23 +41,21 @@ def heartbeat_verdict(now: float, last_heard: float, heartbeat_ms: int, liveness
     return Heartbeat.RECHECK if unread_messages and silent <= 2 * limit else Heartbeat.HUNG
 
 
-def stamp_silence(now: float, stamp: float, idle: bool, watched_since: float | None, limit_s: float,
-                  idle_limit_s: float) -> float | None:
-    """How long a stamped incarnation has been silent, if that makes it hung (sunsetd.stamps); else None.
+def stamp_deadline(stamp: float, idle: bool, watched_since: float | None, limit_s: float,
+                   idle_limit_s: float) -> float:
+    """When a stamped incarnation is hung if it does not stamp again (sunsetd.stamps).
 
     A working agent stamps every half of `limit_s`; an idle one (it said so in its stamp) every
     IDLE_STAMP_S, so it is given `idle_limit_s`. Unless it is watched since some moment: the daemon gave
     it work it has not taken up, or it was stopped by a signal. An idle agent that is given work stamps
     at once that it works, so from that moment the working limit applies, counted from the later of its
     stamp and that moment."""
-    silent = now - stamp
     if not idle:
-        return silent if silent > limit_s else None
-    if silent > idle_limit_s:
-        return silent
-    if watched_since is not None and now - max(stamp, watched_since) > limit_s:
-        return silent
-    return None
+        return stamp + limit_s
+    deadline = stamp + idle_limit_s
+    if watched_since is not None:
+        deadline = min(deadline, max(stamp, watched_since) + limit_s)
+    return deadline
 
 
 def memory_verdict(rss: int | None, max_rss_mb: int | None) -> str | None:

@@ -35,6 +35,7 @@ LAZY_START = "first request"  # the reason given when a request starts a lazy ag
 LAST_REPLIES_CLEAN_S = 0.1  # a clean exit's last replies may still be in libzmq's buffers this long
 LAST_REPLIES_CRASH_S = 0.002  # and a crash's: what it wrote before dying is read within a loop round
 RECHECK_S = 0.01  # a heartbeat verdict deferred while the loop has unread messages
+LIVENESS_LATE_S = 0.001  # a tick for an agent's deadline comes this much after it: silent *longer* than allowed
 LIVENESS_TICK_S = (0.05, 0.25)  # bounds of the one timer that reads every stamped agent (sunsetd.stamps)
 MCP_STDIN_GRACE_S = 1.0  # an MCP server whose stdin was closed gets this long to exit before its stop signal
 MCP_DRAIN_SHARE = 0.6  # of stop_timeout_s, for a stopping MCP server to answer what it holds
@@ -779,8 +780,11 @@ class Supervisor:
 
     def _liveness_tick(self) -> None:
         """Read every stamped agent's stamp and judge the ready ones: one timer for all, no frames (the
-        stamps' module says why), on the same wake-up as the daemon's own stamp."""
+        stamps' module says why), on the same wake-up as the daemon's own stamp, or sooner when an
+        agent's deadline comes before it (a frozen one is found at its deadline, not a tick later)."""
+        self.timers.cancel(self._liveness_timer)
         now = self.timers.now()
+        soonest = float("inf")
         for slot in list(self.slots.values()):
             handle = slot.handle
             if handle is None or not slot.hello or not slot.stamped:
@@ -803,12 +807,18 @@ class Supervisor:
                 watched = stopped
             spec = slot.spec
             limit_s = spec.liveness * spec.heartbeat_ms / 1000.0
-            silent = health.stamp_silence(now, stamp, idle, watched, limit_s, IDLE_STAMP_S + limit_s)
-            if silent is not None:
+            deadline = health.stamp_deadline(stamp, idle, watched, limit_s, IDLE_STAMP_S + limit_s)
+            if now > deadline:
                 slot.heartbeat_misses += 1
                 how = ", stopped by a signal" if stopped is not None else ""
-                self._unhealthy(slot, f"hung: no heartbeat for {silent * 1000:.0f}ms{how}")
-        self._liveness_timer = self.timers.call_aligned(self._liveness_tick_s(), self._liveness_tick)
+                self._unhealthy(slot, f"hung: no heartbeat for {(now - stamp) * 1000:.0f}ms{how}")
+            elif deadline < soonest:
+                soonest = deadline
+        tick = self.timers.call_aligned(self._liveness_tick_s(), self._liveness_tick)
+        if soonest < tick.when:
+            self.timers.cancel(tick)
+            tick = self.timers.call_at(soonest + LIVENESS_LATE_S, self._liveness_tick)
+        self._liveness_timer = tick
 
     def _schedule_heartbeat(self, slot: AgentSlot, now: float, delay: float | None = None) -> None:
         self.timers.cancel(slot.heartbeat_timer)

@@ -270,6 +270,17 @@ def test_an_idle_agent_stopped_by_a_signal_is_hung_within_its_liveness_of_the_st
     assert h.state("A") is State.STOPPING and "stopped by a signal" in h.sup.slots["A"].lifecycle.reason
 
 
+def test_a_stopped_agent_is_found_at_its_deadline_not_at_the_next_tick():
+    h = _stamped_and_idle(spec("A", heartbeat_ms=250))  # liveness 0.75 s, ticks every 0.25 s
+    a = h.spawner.latest("A")
+    h.clock.advance(1.37)
+    a.stopped_since = h.clock.now  # between two ticks
+    h.clock.advance(0.749)  # the tick that sees it arms one for its deadline, 0.75 s after the stop
+    assert h.state("A") is State.READY
+    h.clock.advance(0.003)
+    assert h.state("A") is State.STOPPING
+
+
 def test_an_idle_agent_stopped_and_continued_within_its_liveness_stays():
     h = _stamped_and_idle(spec("A"))
     a = h.spawner.latest("A")

@@ -126,16 +126,14 @@ def test_a_start_that_cannot_fit_says_why():
                               "no idle lazy agent can be stopped to make room")
 
 
-def test_stamp_silence_working_idle_and_watched():
+def test_stamp_deadline_working_idle_and_watched():
     limit, idle_limit = 0.75, 5.75
     # working: its own limit, whatever the daemon watches
-    assert health.stamp_silence(10.7, 10.0, False, None, limit, idle_limit) is None
-    assert health.stamp_silence(10.8, 10.0, False, None, limit, idle_limit) == pytest.approx(0.8)
-    assert health.stamp_silence(10.8, 10.0, False, 10.5, limit, idle_limit) == pytest.approx(0.8)  # never laxer
+    assert health.stamp_deadline(10.0, False, None, limit, idle_limit) == 10.75
+    assert health.stamp_deadline(10.0, False, 10.5, limit, idle_limit) == 10.75  # never laxer
     # idle: the idle limit
-    assert health.stamp_silence(15.7, 10.0, True, None, limit, idle_limit) is None
-    assert health.stamp_silence(15.8, 10.0, True, None, limit, idle_limit) == pytest.approx(5.8)
+    assert health.stamp_deadline(10.0, True, None, limit, idle_limit) == 15.75
     # idle but watched (given work, or stopped): the working limit from the later of stamp and watch
-    assert health.stamp_silence(12.7, 10.0, True, 12.0, limit, idle_limit) is None
-    assert health.stamp_silence(12.8, 10.0, True, 12.0, limit, idle_limit) == pytest.approx(2.8)
-    assert health.stamp_silence(12.8, 12.5, True, 12.0, limit, idle_limit) is None  # it stamped after
+    assert health.stamp_deadline(10.0, True, 12.0, limit, idle_limit) == 12.75
+    assert health.stamp_deadline(12.5, True, 12.0, limit, idle_limit) == 13.25  # it stamped after
+    assert health.stamp_deadline(10.0, True, 20.0, limit, idle_limit) == 15.75  # never laxer than idle
