@@ -3,22 +3,32 @@
 Both parse their arguments here and import only what the command needs: `sunsetctl` never imports
 the daemon, and `sunsetd` starts checking its profile's run targets in a child before it imports its
 own heavier dependencies, so the two overlap.
+
+`sunsetctl` has two paths to the same commands. A one-shot command in one of its usual forms (status,
+call, start, stop, restart, signal, shutdown, logs without -f, reload without --profile) goes the
+one-shot path: an exact parse of those forms, and `_OneShot`, which speaks ZMTP itself
+(sunsetd.zmtp) and msgpack and JSON through sunsetd.packlite. It imports neither pyzmq, argparse,
+msgpack, json nor the protocol module: the whole command takes a few milliseconds more than a bare
+interpreter's start (#12: 16 ms for `status` where `python -c pass` takes 12). Everything else
+(--help, --version, an error in the command line, an option it does not know, a runtime directory it
+cannot be sure of, `logs -f`, `events`) goes the full path: argparse and sunsetd.client, as before.
+Both print the same bytes and exit with the same codes; tests/test_sunsetctl_fast.py holds them to
+it. SUNSETCTL_ONESHOT=0 sends every command the full way.
 """
 from __future__ import annotations
 
-import argparse
-import fnmatch
-import json
 import os
 import sys
 import time
-from pathlib import Path
-from typing import Any, Iterator
 
-from sunsetd import __version__, protocol
-from sunsetd.client import Client, DaemonUnreachable
-from sunsetd.protocol import CONTROL_TARGET, ControlOp, ProtocolError, RemoteError
-from sunsetd.rundir import RuntimeDirError
+from sunsetd import __version__
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import argparse
+    from typing import Any, Iterator
+
+    from sunsetd.client import Client
 
 EXIT_OK = 0
 EXIT_ERROR_REPLY = 1  # the daemon or the agent answered with an error
@@ -113,6 +123,8 @@ def status_code(status: dict, selected: bool) -> int:
 
 
 def _positive(text: str) -> float:
+    import argparse
+
     try:
         value = float(text)
     except ValueError:
@@ -123,6 +135,8 @@ def _positive(text: str) -> float:
 
 
 def _count(text: str) -> int:
+    import argparse
+
     try:
         value = int(text)
     except ValueError:
@@ -137,6 +151,8 @@ AGENTS_HELP = "agent names, shell globs ('vision.*', quoted) or all"
 
 def build_parser() -> argparse.ArgumentParser:
     """sunsetctl's command line."""
+    import argparse
+
     parser = argparse.ArgumentParser(prog="sunsetctl", description="Control a running sunsetd.",
                                      epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"sunsetctl {__version__}")
@@ -183,11 +199,11 @@ RELOAD_WAIT_SLACK_S = 5.0  # beyond the settle time the daemon gives for a reloa
 def reload(client: Client, timeout: float | None, profile: str | None = None, dry_run: bool = False) -> Any:
     """Reload, then wait for the outcome as long as the daemon says the changed agents may take."""
     body = {k: v for k, v in (("profile", profile), ("dry_run", dry_run or None)) if v is not None}
-    applied = client.call(CONTROL_TARGET, ControlOp.RELOAD.value, body or None, timeout=timeout or 60.0)
+    applied = client.call(CONTROL_TARGET, OP_RELOAD, body or None, timeout=timeout or 60.0)
     if applied.get("settled", True):
         return applied
     wait = timeout or applied["settle_s"] + RELOAD_WAIT_SLACK_S
-    return client.call(CONTROL_TARGET, ControlOp.RELOAD_WAIT.value, {"reload": applied["reload"]}, timeout=wait)
+    return client.call(CONTROL_TARGET, OP_RELOAD_WAIT, {"reload": applied["reload"]}, timeout=wait)
 
 
 def format_reload(result: dict) -> str:
@@ -207,8 +223,8 @@ def format_reload(result: dict) -> str:
 def _log_line(line: list, as_json: bool) -> str:
     seq, when, agent, incarnation, stream, text = line
     if as_json:
-        return json.dumps({"seq": seq, "time": when, "agent": agent, "incarnation": incarnation, "stream": stream,
-                           "text": text})
+        return _dumps({"seq": seq, "time": when, "agent": agent, "incarnation": incarnation, "stream": stream,
+                       "text": text}, default=None)
     return f"{_timestamp(when)} {agent}#{incarnation} {stream}: {text}"
 
 
@@ -224,7 +240,11 @@ def _print(text: str) -> None:
 def logs(client: Client, args: argparse.Namespace) -> int:
     """Print the last lines; with -f, subscribe first, then go on with the live ones (a line the
     subscription missed while it was being set up is fetched again by its number)."""
-    sub = client.subscribe(protocol.LOG_TOPIC) if args.follow else None
+    sub = None
+    if args.follow:
+        from sunsetd import protocol
+
+        sub = client.subscribe(protocol.LOG_TOPIC)
     try:
         n = args.lines if args.lines is not None else (10 if args.follow else 50)
         body: dict[str, Any] = {"n": n}
@@ -232,7 +252,7 @@ def logs(client: Client, args: argparse.Namespace) -> int:
             body["agents"] = args.agents
         if args.incarnation is not None:
             body["incarnation"] = args.incarnation
-        snapshot = client.call(CONTROL_TARGET, ControlOp.LOGS.value, body, timeout=args.timeout or 10.0)
+        snapshot = client.call(CONTROL_TARGET, OP_LOGS, body, timeout=args.timeout or 10.0)
         for line in snapshot["lines"]:
             _print(_log_line(line, args.json))
         if sub is None:
@@ -247,7 +267,7 @@ def logs(client: Client, args: argparse.Namespace) -> int:
                 last[agent] = seq
                 continue
             if seq > last.get(agent, 0) + 1:  # missed while the subscription was being set up
-                gap = client.call(CONTROL_TARGET, ControlOp.LOGS.value,
+                gap = client.call(CONTROL_TARGET, OP_LOGS,
                                   {**body, "agents": [agent], "n": None, "after": {agent: last.get(agent, 0)}},
                                   timeout=args.timeout or 10.0)
                 for missed in gap["lines"]:
@@ -267,6 +287,8 @@ def follow(client: Client, sub: Any) -> Iterator[Any]:
     """Every message of a subscription, until Ctrl-C. With nothing to yield, it asks the daemon every
     PULSE_S whether it is still there (the socket file of a killed daemon stays, and a subscription
     never notices): gone, DaemonUnreachable ends the follow."""
+    from sunsetd.protocol import RemoteError
+
     asked = time.monotonic()
     while True:
         message = client.next_event(sub, 1.0)
@@ -274,13 +296,16 @@ def follow(client: Client, sub: Any) -> Iterator[Any]:
             yield message
         elif time.monotonic() - asked >= PULSE_S:
             try:
-                client.call(CONTROL_TARGET, ControlOp.LOGS.value, {"n": 0}, timeout=5.0)
+                client.call(CONTROL_TARGET, OP_LOGS, {"n": 0}, timeout=5.0)
             except RemoteError:
                 pass  # any answer (shutting_down, while its agents stop) means it is there
             asked = time.monotonic()
 
 
 def events(client: Client, args: argparse.Namespace) -> int:
+    import fnmatch
+
+    from sunsetd import protocol
     from sunsetd.logfmt import event_text
 
     sub = client.subscribe(protocol.EVENT_TOPIC)
@@ -289,60 +314,88 @@ def events(client: Client, args: argparse.Namespace) -> int:
         for event in follow(client, sub):
             if args.agents and not any(p == "all" or fnmatch.fnmatchcase(event["agent"], p) for p in args.agents):
                 continue
-            _print(json.dumps(event) if args.json else f"{_timestamp(event['time'])} {event_text(event)}")
+            _print(_dumps(event, default=None) if args.json else f"{_timestamp(event['time'])} {event_text(event)}")
     finally:
         sub.close(linger=0)
 
 
-def run(args: argparse.Namespace) -> int:
-    with Client(args.runtime_dir) as client:
-        if args.command == "call":
+def run(args: argparse.Namespace, client: Client | _OneShot) -> int:
+    """A command of sunsetctl's, through either client (the full path's or the one-shot)."""
+    if args.command == "call":
+        if args.body is None:
+            body = None
+        else:
+            import json
+
             try:
-                body = None if args.body is None else json.loads(args.body)
+                body = json.loads(args.body)
             except json.JSONDecodeError as exc:
                 print(f"sunsetctl: body is not JSON ({exc.msg} at column {exc.colno}); {BODY_HINT}", file=sys.stderr)
                 return EXIT_USAGE
-            timeout = args.call_timeout or args.timeout or 10.0
-            _print(json.dumps(client.call(args.agent, args.op, body, timeout=timeout, retry=args.retry), default=str))
-            return EXIT_OK
-        if args.command == "status":
-            status = client.call(CONTROL_TARGET, "status", {"agents": args.agents} if args.agents else None,
-                                 timeout=args.timeout or 10.0)
-            _print(json.dumps(status, indent=2, default=str) if args.json else format_status(status))
-            return status_code(status, bool(args.agents))
-        if args.command == "reload":
-            profile = args.profile
-            if profile is not None:
-                from sunsetd.profile import is_profile_path  # only then: it imports the YAML parser
-
-                if is_profile_path(profile):
-                    profile = os.path.abspath(profile)  # the daemon's working directory is not ours
-            result = reload(client, args.timeout, profile, args.dry_run)
-            _print(json.dumps(result) if args.json else format_reload(result))
-            return EXIT_ERROR_REPLY if result.get("rolled_back") else EXIT_OK
-        if args.command == "logs":
-            return logs(client, args)
-        if args.command == "events":
-            return events(client, args)
-        timeout = args.timeout or {"start": 120.0, "restart": 120.0, "stop": 120.0}.get(args.command, 10.0)
-        if args.command == "signal":
-            sig: Any = args.signal
-            if sig.isascii() and sig.isdigit() and len(sig) < 6:
-                sig = int(sig)
-            body: Any = {"signal": sig, "agents": args.agents}
-        elif args.command in ("start", "stop", "restart"):
-            body = {"agents": args.agents}
-        else:
-            body = None
-        _print(json.dumps(client.call(CONTROL_TARGET, args.command, body, timeout=timeout), default=str))
+        timeout = args.call_timeout or args.timeout or 10.0
+        _print(_dumps(client.call(args.agent, args.op, body, timeout=timeout, retry=args.retry)))
         return EXIT_OK
+    if args.command == "status":
+        status = client.call(CONTROL_TARGET, "status", {"agents": args.agents} if args.agents else None,
+                             timeout=args.timeout or 10.0)
+        _print(_dumps(status, indent=2) if args.json else format_status(status))
+        return status_code(status, bool(args.agents))
+    if args.command == "reload":
+        profile = args.profile
+        if profile is not None:
+            from sunsetd.profile import is_profile_path  # only then: it imports the YAML parser
+
+            if is_profile_path(profile):
+                profile = os.path.abspath(profile)  # the daemon's working directory is not ours
+        result = reload(client, args.timeout, profile, args.dry_run)
+        _print(_dumps(result, default=None) if args.json else format_reload(result))
+        return EXIT_ERROR_REPLY if result.get("rolled_back") else EXIT_OK
+    if args.command == "logs":
+        return logs(client, args)
+    if args.command == "events":
+        return events(client, args)
+    timeout = args.timeout or {"start": 120.0, "restart": 120.0, "stop": 120.0}.get(args.command, 10.0)
+    if args.command == "signal":
+        sig: Any = args.signal
+        if sig.isascii() and sig.isdigit() and len(sig) < 6:
+            sig = int(sig)
+        body = {"signal": sig, "agents": args.agents}
+    elif args.command in ("start", "stop", "restart"):
+        body = {"agents": args.agents}
+    else:
+        body = None
+    _print(_dumps(client.call(CONTROL_TARGET, args.command, body, timeout=timeout)))
+    return EXIT_OK
+
+
+def _dumps(obj: Any, indent: int | None = None, default: Any = str) -> str:
+    """json.dumps(obj, indent=indent, default=default), without importing json for what msgpack decodes to."""
+    from sunsetd import packlite
+
+    return packlite.dumps(obj, indent, default)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`sunsetctl`."""
+    """`sunsetctl`: the one-shot path when the command is one of its forms, else the full one."""
+    if os.environ.get("SUNSETCTL_ONESHOT") != "0":
+        args = oneshot_args(sys.argv[1:] if argv is None else argv)
+        if args is not None:
+            code = _oneshot_main(args)
+            if code is not None:
+                return code
+    return full_main(argv)
+
+
+def full_main(argv: list[str] | None = None) -> int:
+    """`sunsetctl` through argparse and pyzmq (sunsetd.client): every command, every form."""
+    from sunsetd.client import Client, DaemonUnreachable
+    from sunsetd.protocol import ProtocolError, RemoteError
+    from sunsetd.rundir import RuntimeDirError
+
     args = build_parser().parse_args(argv)
     try:
-        return run(args)
+        with Client(args.runtime_dir) as client:
+            return run(args, client)
     except RemoteError as exc:
         print(f"sunsetctl: {exc.code}: {exc.message}", file=sys.stderr)
         return EXIT_ERROR_REPLY
@@ -361,8 +414,355 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # the way out of `logs -f` and `events`
         return EXIT_OK
     except BrokenPipeError:  # `sunsetctl status | head -1`: the reader has what it wanted
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so that the exit's flush is quiet too
+        return _quiet_stdout()
+
+
+def _quiet_stdout() -> int:
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so that the exit's flush is quiet too
+    return EXIT_OK
+
+
+# ---- sunsetctl's one-shot path ---------------------------------------------------------------------------
+# What it mirrors of sunsetd.protocol, sunsetd.rundir and sunsetd.client (tests/test_sunsetctl_fast.py
+# checks that each is still the same there).
+CONTROL_TARGET = "sunsetd"
+OP_LOGS, OP_RELOAD, OP_RELOAD_WAIT = "logs", "reload", "reload_wait"
+PROTOCOL_VERSION = 1
+MAX_FRAME_BYTES = 1 << 20
+REPLY_SLACK_S = 2.0
+FRONT_SOCKET, LOCK_FILE, SYSTEM_DIR, SUN_PATH_MAX = "sunsetd.sock", "sunsetd.lock", "/run/sunsetd", 107
+
+
+class _FullPath(Exception):
+    """The one-shot path cannot be sure to do what the full path would: let it (before any request)."""
+
+
+class _Unreachable(Exception):
+    """As DaemonUnreachable."""
+
+
+class _Remote(Exception):
+    """As RemoteError."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(f"{code}: {message}")
+        self.code, self.message = code, message
+
+
+class _Unreadable(Exception):
+    """As ProtocolError: a frame from the daemon that cannot be read."""
+
+
+class _Args:
+    """What build_parser().parse_args() would give for the same command line."""
+
+    def __init__(self, **fields: Any):
+        self.__dict__.update(fields)
+
+    def __eq__(self, other: object) -> bool:
+        return vars(self) == vars(other)
+
+    def __repr__(self) -> str:
+        return f"_Args({vars(self)})"
+
+
+# each command the one-shot path takes: (least and most positionals, their names, flags, options with a value)
+_FORMS: dict[str, tuple[int, int, tuple[str, ...], dict[str, str], dict[str, str]]] = {
+    "status": (0, -1, ("agents",), {"--json": "json"}, {}),
+    "call": (2, 3, ("agent", "op", "body"), {"--retry": "retry"}, {"--timeout": "call_timeout"}),
+    "start": (1, -1, ("agents",), {}, {}),
+    "stop": (1, -1, ("agents",), {}, {}),
+    "restart": (1, -1, ("agents",), {}, {}),
+    "signal": (2, -1, ("signal", "agents"), {}, {}),
+    "logs": (0, -1, ("agents",), {"--json": "json"},
+             {"-n": "lines", "--lines": "lines", "--incarnation": "incarnation"}),
+    "reload": (0, 0, (), {"--dry-run": "dry_run", "--json": "json"}, {}),
+    "shutdown": (0, 0, (), {}, {}),
+}
+_DEFAULTS = {"logs": {"follow": False}, "reload": {"profile": None}, "call": {"body": None}}
+
+
+def oneshot_args(argv: list[str]) -> _Args | None:
+    """The parsed command line when it is one of the one-shot forms, else None (the full path decides).
+
+    A form is: the global options (--runtime-dir, --timeout; `--x V` or `--x=V`), the command, then
+    its positionals in one run, with its own options before or after them. A value that starts with
+    '-', an option it does not know (--help, an abbreviation), a positional after an option that
+    follows positionals: None, and argparse says what it says."""
+    fields: dict[str, Any] = {"runtime_dir": None, "timeout": None}
+    i = _options(argv, 0, {"--runtime-dir": "runtime_dir", "--timeout": "timeout"}, {}, fields)
+    if i is None or i >= len(argv) or argv[i] not in _FORMS:
+        return None
+    command = argv[i]
+    least, most, names, flags, valued = _FORMS[command]
+    fields["command"] = command
+    for flag in flags.values():
+        fields[flag] = False
+    for dest in valued.values():
+        fields[dest] = None
+    fields.update(_DEFAULTS.get(command, {}))
+    i = _options(argv, i + 1, valued, flags, fields)
+    if i is None:
+        return None
+    start = i
+    while i < len(argv) and not argv[i].startswith("-"):
+        i += 1
+    positionals = argv[start:i]
+    if _options(argv, i, valued, flags, fields) != len(argv):
+        return None  # a positional after the options that follow the positionals, or something unknown
+    if len(positionals) < least or (most >= 0 and len(positionals) > most):
+        return None
+    for n, name in enumerate(names):
+        if name == "agents":
+            fields[name] = positionals[n:]
+        elif n < len(positionals):
+            fields[name] = positionals[n]
+    for dest in ("timeout", "call_timeout", "lines", "incarnation"):
+        value = fields.get(dest)
+        if value is not None:
+            value = (_positive_or_none if dest.endswith("timeout") else _count_or_none)(value)
+            if value is None:
+                return None  # argparse's message
+            fields[dest] = value
+    return _Args(**fields)
+
+
+def _options(argv: list[str], i: int, valued: dict[str, str], flags: dict[str, str], fields: dict) -> int | None:
+    """Read options from argv[i] on, up to the first positional: its index, or None at one not known."""
+    while i < len(argv):
+        token = argv[i]
+        if not token.startswith("-"):
+            return i
+        if token in flags:
+            fields[flags[token]] = True
+            i += 1
+            continue
+        name, eq, value = token.partition("=")
+        if name in valued and name.startswith("--") and eq:
+            fields[valued[name]] = value
+            i += 1
+        elif token in valued and i + 1 < len(argv) and not argv[i + 1].startswith("-"):
+            fields[valued[token]] = argv[i + 1]
+            i += 2
+        else:
+            return None
+    return i
+
+
+def _positive_or_none(text: str) -> float | None:
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if value > 0 and value != float("inf") else None
+
+
+def _count_or_none(text: str) -> int | None:
+    try:
+        value = int(text)
+    except ValueError:
+        return None
+    return value if 0 <= value < 1 << 31 else None
+
+
+def _oneshot_main(args: _Args) -> int | None:
+    """The command, the way full_main() would end it; None when the full path must take it."""
+    try:
+        with _OneShot(args.runtime_dir) as client:
+            return run(args, client)
+    except _FullPath:
+        return None
+    except _Remote as exc:
+        print(f"sunsetctl: {exc.code}: {exc.message}", file=sys.stderr)
+        return EXIT_ERROR_REPLY
+    except _Unreachable as exc:
+        print(f"sunsetctl: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    except UnicodeEncodeError:
+        print("sunsetctl: an argument is not valid text (UTF-8)", file=sys.stderr)
+        return EXIT_USAGE
+    except _Unreadable as exc:
+        print(f"sunsetctl: {exc}", file=sys.stderr)
+        return EXIT_ERROR_REPLY
+    except KeyboardInterrupt:
         return EXIT_OK
+    except BrokenPipeError:
+        return _quiet_stdout()
+
+
+def _plain(path: str) -> bool:
+    """str(Path(path)) == path: nothing for pathlib to tidy (the path is printed in messages)."""
+    if not path or "\0" in path or path.startswith("//"):
+        return False
+    if path in ("/", "."):
+        return True
+    if path.endswith("/"):
+        return False
+    parts = path.split("/")
+    return all(part and part != "." for part in (parts[1:] if path.startswith("/") else parts))
+
+
+def _join(directory: str, name: str) -> str:
+    return ("" if directory == "/" else directory) + "/" + name
+
+
+def oneshot_runtime_dir(explicit: str | None) -> str:
+    """rundir.resolve(explicit, client=True), as the string str() of it would be; _FullPath where it
+    cannot be sure (a path pathlib would tidy, a lock or socket it may not look at)."""
+    if explicit:
+        return _sure(explicit)
+    if os.environ.get("RUNTIME_DIRECTORY"):
+        return _sure(os.environ["RUNTIME_DIRECTORY"].split(":")[0])
+    if os.environ.get("XDG_RUNTIME_DIR"):
+        own = _join(_sure(os.environ["XDG_RUNTIME_DIR"]), "sunsetd")
+    elif os.geteuid() == 0:
+        return SYSTEM_DIR
+    else:
+        own = f"/tmp/sunsetd-{os.getuid()}"
+    if not _daemon_in(own) and _exists(_join(SYSTEM_DIR, FRONT_SOCKET)):
+        return SYSTEM_DIR
+    return own
+
+
+def _sure(path: str) -> str:
+    if not _plain(path):
+        raise _FullPath
+    return path
+
+
+def _daemon_in(runtime_dir: str) -> bool:
+    try:
+        os.stat(_join(runtime_dir, FRONT_SOCKET))
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError as exc:
+        if exc.errno in (9, 40):  # EBADF, ELOOP: Path.exists() says False; anything else it raises
+            return False
+        raise _FullPath from None
+    try:
+        with open(_join(runtime_dir, LOCK_FILE)) as f:
+            pid = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return True
+    return os.path.exists(f"/proc/{pid}")
+
+
+def _exists(path: str) -> bool:
+    try:
+        os.stat(path)
+        return True
+    except PermissionError:
+        return True
+    except OSError:
+        return False
+
+
+class _OneShot:
+    """sunsetd.client.Client's check() and call(), over sunsetd.zmtp: the same requests, the same
+    replies, the same words for what goes wrong (and a refusal said at once, where libzmq would try
+    again until the deadline)."""
+
+    def __init__(self, runtime_dir: str | None):
+        self.runtime_dir = oneshot_runtime_dir(runtime_dir)
+        self.socket_path = _join(self.runtime_dir, FRONT_SOCKET)
+        if len(os.fsencode(self.socket_path)) > SUN_PATH_MAX:
+            raise _FullPath  # rundir's message
+        self.dealer: Any = None
+        self.last_id = 0
+
+    def close(self) -> None:
+        if self.dealer is not None:
+            self.dealer.close()
+
+    def __enter__(self) -> "_OneShot":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def check(self) -> None:
+        try:
+            os.stat(self.socket_path)
+        except PermissionError:
+            raise _Unreachable(self._denied()) from None
+        except OSError:
+            raise _Unreachable(f"sunsetd is not running on {self.runtime_dir} (no {FRONT_SOCKET})") from None
+        if not os.access(self.socket_path, os.R_OK | os.W_OK):
+            raise _Unreachable(self._denied())
+
+    def _denied(self) -> str:
+        try:
+            import grp
+
+            group = grp.getgrgid(os.stat(self.runtime_dir).st_gid).gr_name
+        except (OSError, KeyError):
+            group = None
+        how = f"; members of group {group} may (usermod -aG {group} $USER)" if group else ""
+        return f"permission denied: {self.socket_path} is not yours to use{how}, or use sudo"
+
+    def _refused(self) -> str:
+        """The daemon's ZAP handler said no. To its own uid and root only when it has as many clients as
+        it allows; to anyone else, because they are not in its --socket-group."""
+        try:
+            owner = os.stat(self.socket_path).st_uid
+        except OSError:
+            owner = None
+        if os.geteuid() in (0, owner):
+            return (f"sunsetd on {self.runtime_dir} refused the connection: it has as many clients as it allows "
+                    "(--max-clients; its log says more)")
+        return self._denied()
+
+    def call(self, to: str, op: str, body: Any = None, timeout: float = 5.0, retry: bool = False) -> Any:
+        from sunsetd import packlite, zmtp
+
+        self.check()
+        self.last_id += 1
+        rid = self.last_id
+        request = {"v": PROTOCOL_VERSION, "id": rid, "to": to, "op": op, "body": body,
+                   "timeout_ms": max(1, int(timeout * 1000))}
+        if retry:
+            request["retry"] = True
+        try:
+            frame = packlite.pack(request)
+        except Exception:
+            if self.dealer is None:
+                raise _FullPath from None  # msgpack's error (an int too large), as the full path raises it
+            raise
+        if len(frame) > MAX_FRAME_BYTES:
+            if self.dealer is None:
+                raise _FullPath  # its ValueError, as it says it
+            raise ValueError(f"request of {len(frame)} bytes is over the {MAX_FRAME_BYTES}-byte frame limit")
+        wait = timeout + REPLY_SLACK_S
+        if self.dealer is None:
+            self.dealer = zmtp.Dealer(self.socket_path, MAX_FRAME_BYTES)
+        try:
+            self.dealer.send(frame, time.monotonic() + wait)
+            while True:
+                data = self.dealer.recv(time.monotonic() + wait)
+                if data is None:
+                    raise zmtp.Timeout()
+                try:
+                    reply = packlite.unpack(data, "reply frame")
+                except ValueError as exc:  # protocol.ProtocolError
+                    raise _Unreadable(str(exc)) from None
+                if reply.get("id") == rid:
+                    break
+        except zmtp.Timeout:
+            raise _Unreachable(f"no reply from sunsetd on {self.runtime_dir} within {wait:g}s") from None
+        except zmtp.Refused:
+            raise _Unreachable(self._refused()) from None
+        except zmtp.NotZmtp as exc:
+            raise _Unreachable(f"{self.socket_path} is not sunsetd's socket: {exc}") from None
+        except zmtp.TooLarge as exc:
+            raise _Unreadable(f"reply frame is {exc.size} bytes, over the {MAX_FRAME_BYTES}-byte limit") from None
+        except PermissionError:
+            raise _Unreachable(self._denied()) from None
+        except OSError as exc:
+            raise _Unreachable(f"cannot connect to {self.socket_path}: {exc.strerror or exc}") from None
+        if reply.get("ok"):
+            return reply.get("body")
+        error = reply.get("error") or {}
+        raise _Remote(str(error.get("code")), str(error.get("message")))
 
 
 # ---- sunsetd -------------------------------------------------------------------------------------------
@@ -372,6 +772,8 @@ EXIT_PROFILE = 2  # sunsetd: the profile has errors
 
 
 def build_daemon_parser() -> argparse.ArgumentParser:
+    import argparse
+
     parser = argparse.ArgumentParser(
         prog="sunsetd", description="Supervise a profile of agents and route requests to them over ZeroMQ.",
         epilog="Exit status: 0 clean stop (or --check passed), 1 runtime directory unusable or already in use, "
@@ -407,6 +809,8 @@ def build_daemon_parser() -> argparse.ArgumentParser:
 
 
 def _size(text: str) -> int:
+    import argparse
+
     units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
     number, unit = (text[:-1], units[text[-1].upper()]) if text and text[-1].upper() in units else (text, 1)
     try:
@@ -483,6 +887,8 @@ def daemon_main(argv: list[str] | None = None) -> int:
             zygote.close()
         return _profile_errors(args.profile, errors)
     logs.configure(args.log_level, profile.name, journal={"auto": None, "journal": True, "stderr": False}[args.log_to])
+    from pathlib import Path
+
     log_dir = None if args.log_dir is None else LogDir(Path(args.log_dir), args.log_max_bytes, args.log_backups)
     return Daemon(profile, runtime_dir, args.profile, metrics_addr, args.spawner, zygote, access, log_dir,
                   max_clients=args.max_clients).run()
