@@ -21,6 +21,7 @@ import array
 import ctypes
 import json
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -40,6 +41,8 @@ PR_SET_CHILD_SUBREAPER = 36
 EXIT_PARENT_GONE = 3  # a child whose daemon died before it could ask to die with it
 SETTINGS_REFUSED = "settings refused: "  # how a zygote's answer says the kernel refused a process setting
 MAX_REQUEST = 1 << 20
+SPARES = 2  # processes the zygote keeps forked ahead (see _serve)
+SPARE_AFTER_S = 0.05
 MAX_OUTSTANDING = 16  # fork requests sent and not answered; more wait in the daemon
 FIRST_ANSWER_S = 10.0  # the first answer waits for the zygote's imports
 ANSWER_S = 5.0
@@ -116,6 +119,7 @@ class ForkServer:
         self._sent: dict[int, tuple[Any, Any, dict, float]] = {}  # seq -> (handle, launch, outputs, sent at)
         self._seq = 0
         self._answered = 0
+        self.spares: set[int] = set()  # pids of the zygote's spares (see _serve): children of ours, idle
 
     def bind(self, make_pipes: Callable[[], tuple[dict, list[int]]], on_forked: Callable[[Any, int, dict], None],
              on_refused: Callable[[Any, Any, str], None], on_lost: Callable[[str, list], None]) -> None:
@@ -207,12 +211,19 @@ class ForkServer:
                 return
             try:
                 answer = json.loads(data)
+                if "spare" in answer:  # forked ahead: our child, not an orphan, until it is handed a start
+                    self.spares.add(int(answer["spare"]))
+                    continue
+                if "spare_gone" in answer:  # it died waiting: the stray sweep reaps it
+                    self.spares.discard(int(answer["spare_gone"]))
+                    continue
                 handle, launch, outputs, _ = self._sent.pop(answer["seq"])
                 pid = int(answer["pid"]) if "error" not in answer else None
             except (ValueError, KeyError, TypeError):
                 self.lose(f"the zygote answered nonsense: {data[:80]!r}")
                 return
             self._answered += 1
+            self.spares.discard(pid)
             if pid is None:
                 for fd in outputs:
                     os.close(fd)
@@ -246,17 +257,29 @@ class ForkServer:
 
 # ---- the zygote's side -----------------------------------------------------------------------------------
 
-def _agent_child(request: dict, fds: list[int], control: socket.socket, daemon_pid: int, base_env: dict) -> None:
-    """In the forked agent: a session leader with our pipes and environment, tied to the daemon's life
-    before any agent code runs; then the agent runtime."""
+def _detach(daemon_pid: int, inherited: list[socket.socket]) -> None:
+    """In a new child of the zygote: a session leader with the default signals, with none of the
+    zygote's sockets, tied to the daemon's life once it is the daemon's child."""
     os.setsid()
+    for sock in inherited:  # the daemon's socket and the spares': their peers must see them close
+        os.close(sock.detach())  # (detached first: the object must never close the number again)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
+        signal.signal(sig, signal.SIG_DFL)
+    deadline = time.monotonic() + 1.0
+    while os.getppid() != daemon_pid:  # the intermediate is exiting; we are being handed to the daemon
+        if time.monotonic() > deadline:
+            os._exit(EXIT_PARENT_GONE)
+        time.sleep(0.0005)
+    # Only now: a parent-death signal armed before the reparenting would fire when the intermediate exits.
+    die_with_parent(daemon_pid)
+
+
+def _become_agent(request: dict, fds: list[int], base_env: dict) -> None:
+    """Run the agent the request describes, with its output pipes and stamp pages (`fds`); never returns."""
     os.dup2(fds[0], 1)
     os.dup2(fds[1], 2)
     for fd in fds[:2]:
         os.close(fd)
-    control.close()
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
-        signal.signal(sig, signal.SIG_DFL)
     os.environ.clear()
     os.environ.update(base_env)
     if request.get("settings"):
@@ -267,13 +290,6 @@ def _agent_child(request: dict, fds: list[int], control: socket.socket, daemon_p
     import random
 
     random.seed()  # a fork copies the zygote's generator: every agent would draw the same numbers
-    deadline = time.monotonic() + 1.0
-    while os.getppid() != daemon_pid:  # the intermediate is exiting; we are being handed to the daemon
-        if time.monotonic() > deadline:
-            os._exit(EXIT_PARENT_GONE)
-        time.sleep(0.0005)
-    # Only now: a parent-death signal armed before the reparenting would fire when the intermediate exits.
-    die_with_parent(daemon_pid)
     from sunsetd.agent import main as agent_main  # pre-imported: only a dictionary lookup here
 
     sys.argv = ["sunsetd.agent", str(request["title"])]
@@ -286,52 +302,135 @@ def _agent_child(request: dict, fds: list[int], control: socket.socket, daemon_p
     os._exit(code or 0)
 
 
-def _serve(control: socket.socket, daemon_pid: int) -> None:
-    base_env = dict(os.environ)
+def _spare(sock: socket.socket, daemon_pid: int, inherited: list[socket.socket], base_env: dict) -> None:
+    """A spare: detached and the daemon's child already, it waits for the one request it will run."""
+    _detach(daemon_pid, inherited)
+    import setproctitle  # the zygote's: imported already
+
+    setproctitle.setproctitle(setproctitle.getproctitle().replace("sunsetd-zygote", "sunsetd-spare", 1))
+    request, fds = _receive(sock)
+    sock.close()
+    if request is None or len(fds) not in (2, 4):
+        os._exit(0)  # the zygote is gone (or sent what it never sends): nothing to run
+    _become_agent(request, fds, base_env)
+
+
+def _receive(sock: socket.socket) -> tuple[dict | None, list[int]]:
+    """One request and its descriptors; (None, []) at the end of the stream."""
+    fds = array.array("i")
     while True:
-        fds = array.array("i")
         try:
-            data, ancdata, _flags, _addr = control.recvmsg(MAX_REQUEST, socket.CMSG_SPACE(4 * fds.itemsize))
+            data, ancdata, _flags, _addr = sock.recvmsg(MAX_REQUEST, socket.CMSG_SPACE(4 * fds.itemsize))
+            break
         except InterruptedError:
             continue
-        if not data:
+    for level, kind, payload in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
+    return (json.loads(data) if data else None), list(fds)
+
+
+def _double_fork(child: Callable[[], None], settings: Any) -> str:
+    """Fork an intermediate that applies `settings`, forks `child` and exits, so that the child is
+    reparented to the daemon (a subreaper). The child's pid, or "E" and why it could not be made."""
+    r, w = os.pipe()
+    middle = os.fork()
+    if middle == 0:  # the intermediate: fork the child, report its pid, exit so it is reparented
+        os.close(r)
+        if settings:  # the agent inherits them; a refusal is answered, not an agent death
+            try:
+                procsettings.apply(ProcessSettings.from_wire(settings))
+            except OSError as exc:
+                os.write(w, f"E{SETTINGS_REFUSED}{exc.strerror or exc}".encode()[:4000])
+                os._exit(0)
+        pid = os.fork()
+        if pid == 0:
+            os.close(w)
+            child()
+        os.write(w, str(pid).encode())
+        os._exit(0)
+    os.close(w)
+    os.waitpid(middle, 0)  # once it is reaped, the child is the daemon's
+    answer = os.read(r, 4096).decode(errors="replace")
+    os.close(r)
+    return answer or "Efork failed"
+
+
+def _serve(control: socket.socket, daemon_pid: int) -> None:
+    """Fork what the daemon asks for. Between requests, keep SPARES processes forked ahead: a request
+    without process settings is handed to one (a message, where two forks and the reparenting took
+    most of a restart's 5 ms in the zygote), and the daemon learns each spare's pid before it may be
+    answered with it, so that it never takes one for an orphan."""
+    base_env = dict(os.environ)
+    spares: deque[tuple[int, socket.socket]] = deque()
+
+    def send(message: dict) -> None:
+        control.send(json.dumps(message).encode())
+
+    def inherited() -> list[socket.socket]:
+        return [control] + [sock for _, sock in spares]
+
+    def drop(pid: int, sock: socket.socket) -> None:
+        sock.close()
+        send({"spare_gone": pid})
+
+    asked = False  # spares only once the daemon has asked for a fork: then it is a subreaper (ours reach it)
+    while True:
+        idle = len(spares) >= SPARES or not asked
+        # a spare is forked once no request came for SPARE_AFTER_S: not while the agent just started
+        # (or the next of a burst) needs the CPU
+        readable, _, _ = select.select([control] + [sock for _, sock in spares], [], [],
+                                       None if idle else SPARE_AFTER_S)
+        for pid, sock in [spare for spare in spares if spare[1] in readable]:  # a spare never writes: it died
+            spares.remove((pid, sock))
+            drop(pid, sock)
+        if control not in readable:
+            if not idle:  # nothing asked: fork a spare
+                ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+                answer = _double_fork(lambda: _spare(theirs, daemon_pid, inherited() + [ours], base_env),
+                                      None)
+                theirs.close()
+                if answer.startswith("E"):
+                    ours.close()
+                    return  # cannot fork at all: the daemon finds no answers and starts agents by exec
+                send({"spare": int(answer)})
+                spares.append((int(answer), ours))
+            continue
+        request, fds = _receive(control)
+        if request is None:
             return  # the daemon closed its end (or died): nothing left to do
-        for level, kind, payload in ancdata:
-            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
-        request = json.loads(data)
+        asked = True
         if len(fds) not in (2, 4):  # stdout and stderr; then its stamp pages (sunsetd.stamps), if any
             for fd in fds:
                 os.close(fd)
-            control.send(json.dumps({"seq": request.get("seq"), "error": "expected two pipe ends"}).encode())
+            send({"seq": request.get("seq"), "error": "expected two pipe ends"})
             continue
-        r, w = os.pipe()
-        middle = os.fork()
-        if middle == 0:  # the intermediate: fork the agent, report its pid, exit so it is reparented
-            os.close(r)
-            if request.get("settings"):  # the agent inherits them; a refusal is answered, not an agent death
-                try:
-                    procsettings.apply(ProcessSettings.from_wire(request["settings"]))
-                except OSError as exc:
-                    os.write(w, f"E{SETTINGS_REFUSED}{exc.strerror or exc}".encode()[:4000])
-                    os._exit(0)
-            agent = os.fork()
-            if agent == 0:
-                os.close(w)
-                _agent_child(request, list(fds), control, daemon_pid, base_env)
-            os.write(w, str(agent).encode())
-            os._exit(0)
-        os.close(w)
+        handed = False
+        while spares and not request.get("settings"):
+            pid, sock = spares.popleft()
+            if select.select([sock], [], [], 0)[0]:  # it died waiting
+                drop(pid, sock)
+                continue
+            # The answer goes first: the spare, once woken, takes the CPU, and the daemon would wait for
+            # it. Should it die in between, the daemon sees its child exit during its start.
+            send({"seq": request["seq"], "pid": pid})
+            try:
+                sock.sendmsg([json.dumps(request).encode()],
+                             [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
+            except OSError:
+                pass
+            sock.close()
+            handed = True
+            break
+        if not handed:
+            answer = _double_fork(lambda: (_detach(daemon_pid, inherited()), _become_agent(request, fds, base_env)),
+                                  request.get("settings"))
+            if answer.startswith("E"):
+                send({"seq": request["seq"], "error": answer[1:]})
+            else:
+                send({"seq": request["seq"], "pid": int(answer)})
         for fd in fds:
             os.close(fd)
-        os.waitpid(middle, 0)  # once it is reaped, the agent is the daemon's child
-        pid = os.read(r, 4096).decode(errors="replace")
-        os.close(r)
-        if pid.startswith("E"):
-            control.send(json.dumps({"seq": request["seq"], "error": pid[1:]}).encode())
-        else:
-            control.send(json.dumps({"seq": request["seq"], "pid": int(pid)} if pid else
-                                    {"seq": request["seq"], "error": "fork failed"}).encode())
 
 
 def _runtime_dir_of(argv: list[str]) -> str:

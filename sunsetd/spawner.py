@@ -868,6 +868,7 @@ class ForkSpawner(LocalSpawner):
         pids = super().known_pids()
         if self.server is not None and self.server.pid:
             pids.add(self.server.pid)
+            pids |= self.server.spares
         return pids
 
     def _sweep(self) -> None:

@@ -67,3 +67,35 @@ def test_an_orphan_left_behind_by_a_dead_agent_is_killed(start_daemon, spawner):
     wait_until(lambda: 'event=orphan msg="killed sleep left behind by a dead agent"' in d.log(), 5.0, what="the orphan log line")
     time.sleep(0.3)
     assert not psutil.pid_exists(orphan)  # and reaped: no zombie either
+
+
+def _spares(d) -> set[int]:
+    return {p.pid for p in processes_using(d.runtime_dir) if p.cmdline()[0].startswith("sunsetd-spare ")
+            and p.ppid() == d.proc.pid}
+
+
+def test_a_restart_is_handed_to_a_spare_the_zygote_forked_ahead(start_daemon):
+    # #12: two forks and the reparenting were most of the zygote's 5 ms of a restart; the zygote now
+    # keeps two processes forked ahead, the daemon's children already, and hands a start to one
+    d = start_daemon(MINI)
+    wait_until(lambda: len(_spares(d)) == 2, 5.0, what="two spares")
+    spares = _spares(d)
+    pid = d.call("Middle", "pid")
+    os.kill(pid, signal.SIGKILL)
+    d.wait_agent("Middle", lambda a: a["state"] == "ready" and a["pid"] != pid, what="replaced")
+    assert d.agent("Middle")["pid"] in spares
+    wait_until(lambda: len(_spares(d)) == 2, 5.0, what="the spare replaced")
+    assert "orphan" not in d.log()
+
+
+def test_a_spare_that_dies_is_forgotten_reaped_and_replaced(start_daemon):
+    d = start_daemon(MINI)
+    wait_until(lambda: len(_spares(d)) == 2, 5.0, what="two spares")
+    victim = min(_spares(d))
+    os.kill(victim, signal.SIGKILL)
+    wait_until(lambda: not psutil.pid_exists(victim), 5.0, what="the dead spare reaped")
+    wait_until(lambda: len(_spares(d)) == 2, 5.0, what="a new spare")
+    pid = d.call("Base", "pid")
+    os.kill(pid, signal.SIGKILL)
+    d.wait_agent("Base", lambda a: a["state"] == "ready" and a["pid"] != pid, what="replaced")
+    assert d.agent("Base")["restarts"] == 1 and "orphan" not in d.log()
