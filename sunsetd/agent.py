@@ -151,7 +151,7 @@ class AgentRuntime:
         # them on a timer of its own), and each wake-up is the whole cost of an idle agent (~0.1 ms here):
         # one with nothing to do stamps every IDLE_STAMP_S, saying so (sunsetd.stamps)
         self.beat_s = self.heartbeat_s if self.own_page is None else self.liveness * self.heartbeat_s / 2
-        self.ctx = zmq.Context()
+        self.ctx = _prepared_context() or zmq.Context()
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.IDENTITY, launch.routing_id)
         self.sock.setsockopt(zmq.LINGER, 1000)
@@ -452,6 +452,33 @@ class AgentRuntime:
         os._exit(code)
 
 
+_PREPARED: list = []  # a zygote's spare makes the context (and its threads) while it waits for a launch
+
+
+def prepare_context() -> None:
+    """In a spare: make the context, and rehearse what a start does (a launch decoded, sockets made,
+    a thread started), so that the copy-on-write faults of a forked process are taken now, not in the
+    restart (about 3 ms of Python in a fresh fork, most of it the first touch of the zygote's pages)."""
+    import zmq
+
+    ctx = zmq.Context()
+    sample = Launch(name="spare", incarnation=1, agents_endpoint="ipc:///nonexistent/a",
+                    front_endpoint="ipc:///nonexistent/f", heartbeat_ms=250, liveness=3, stop_timeout_s=1.0,
+                    parent_pid=0, run="sunsetd.agent:Agent")
+    Launch.decode(sample.encode())
+    protocol.pack({"name": sample.name, "pid": os.getpid(), "incarnation": 1, "secret": b"", "stamps": True})
+    for kind in (zmq.DEALER, zmq.PULL, zmq.PUSH):
+        ctx.socket(kind).close(linger=0)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pool.submit(lambda: None).result()
+    zmq.Poller().poll(0)
+    _PREPARED.append(ctx)
+
+
+def _prepared_context() -> Any:
+    return _PREPARED.pop() if _PREPARED else None
+
+
 def _inherited_secret() -> bytes:
     """An exec'd agent's secret: on the pipe whose fd SECRET_FD_ENV names (never in argv or the environment)."""
     fd = os.environ.pop(SECRET_FD_ENV, None)
@@ -494,10 +521,10 @@ def _close_quietly(fd: int) -> None:
 
 def main(secret: bytes | None = None) -> int:
     """The agent process: `secret` comes in memory from the zygote, else on an inherited pipe."""
-    from sunsetd.forkserver import keep_private
+    if secret is None:  # exec'd: a forked agent inherits the zygote's (and its first ctypes call costs 1 ms)
+        from sunsetd.forkserver import keep_private
 
-    keep_private()  # before the secret is read: nobody of our uid may read our memory
-    if secret is None:
+        keep_private()  # before the secret is read: nobody of our uid may read our memory
         secret = _inherited_secret()
     try:
         launch = Launch.decode(os.environ.get(LAUNCH_ENV, ""))

@@ -308,6 +308,9 @@ def _spare(sock: socket.socket, daemon_pid: int, inherited: list[socket.socket],
     import setproctitle  # the zygote's: imported already
 
     setproctitle.setproctitle(setproctitle.getproctitle().replace("sunsetd-zygote", "sunsetd-spare", 1))
+    from sunsetd.agent import prepare_context
+
+    prepare_context()  # its I/O threads start now, not in the restart (no fork follows in a spare)
     request, fds = _receive(sock)
     sock.close()
     if request is None or len(fds) not in (2, 4):
@@ -452,6 +455,9 @@ def main() -> None:
 
     # also prepares setproctitle's memory once, here, so that each agent's own title is a cheap write
     setproctitle.setproctitle(f"sunsetd-zygote rundir={_runtime_dir_of(sys.argv)}")
+    import gc
+
+    gc.freeze()  # what was imported stays out of every collection: no child copies pages for the GC's sake
     _serve(socket.socket(fileno=control_fd), daemon_pid)
 
 
