@@ -68,11 +68,16 @@ lint: $(STAMP)
 chaos: compile
 	$(BIN)/python chaos/run.py $(CHAOS_ARGS)
 
+# The peers bench/peers.py compares against (supervisord, circus) come from the bench extra, installed here
+# only: they are never dependencies of sunsetd.
 bench: compile
+	$(BIN)/pip install -q -e '.[bench]' --config-settings editable_mode=compat 2>/dev/null \
+		|| $(BIN)/pip install -q -e '.[bench]'
 	$(BIN)/python bench/cold_start.py
 	$(BIN)/python bench/restart.py
 	$(BIN)/python bench/router.py
 	$(BIN)/python bench/mcp.py
+	$(BIN)/python bench/peers.py
 
 clean:
 	rm -rf $(VENV) $(NODE_DIR) build dist *.egg-info .pytest_cache

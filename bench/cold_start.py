@@ -15,6 +15,7 @@ Each run uses a fresh runtime directory and measures, from the moment just befor
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import subprocess
 import sys
@@ -144,6 +145,7 @@ def main() -> int:
     ap.add_argument("--poll-ms", type=float, default=5.0, help="status poll interval (default 5 ms)")
     ap.add_argument("--pause", type=float, default=1.0, help="seconds between runs (default 1)")
     ap.add_argument("--timeout", type=float, default=60.0, help="give up on a run after this many seconds")
+    ap.add_argument("--json", metavar="PATH", help="also write the figures to PATH as JSON")
     args = ap.parse_args()
     c.print_header(f"sunsetd cold start: launch until every essential agent is ready (profile {args.profile})")
     check = subprocess.run([*c.sunsetd_command(), "--profile", args.profile, "--check"], capture_output=True,
@@ -205,6 +207,13 @@ def main() -> int:
         s = c.summary(col(key))
         rows.append([label, s["n"], c.ms(s["p50"]), c.ms(s["p95"]), c.ms(s["min"]), c.ms(s["max"])])
     print(c.table(["what", "n", "median ms", "p95 ms", "min ms", "max ms"], rows))
+    if args.json:
+        keys = ("first_answer", "running_status", "running_log", "startup_ms", "first_spawn", "chain_starts", "stop",
+                "stop_agents", "stop_after_agents")
+        with open(args.json, "w") as f:
+            json.dump({"argv": sys.argv, "machine": c.machine_info(), "source": c.source_version(),
+                       "options": vars(args), "summary": {k: c.summary(col(k)) for k in keys},
+                       "runs": [{k: r.get(k) for k in (*keys, "restarts", "counts")} for r in runs]}, f, indent=1)
     return 0
 
 

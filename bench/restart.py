@@ -16,6 +16,7 @@ It also measures the floor of an exec-based restart: a fresh `python -c "import 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import sys
@@ -71,6 +72,7 @@ def main() -> int:
     ap.add_argument("--agent", default="bench.echo")
     ap.add_argument("--spawner", choices=["fork", "exec"], default="fork",
                     help="how the daemon starts agents: fork from its zygote (default) or exec a fresh interpreter")
+    ap.add_argument("--json", metavar="PATH", help="also write the figures to PATH as JSON")
     args = ap.parse_args()
     c.print_header("sunsetd restart: SIGKILL of an agent until its replacement answers a request")
 
@@ -169,6 +171,14 @@ def main() -> int:
     print(f"agent after the run: state {agent_status['state']}, incarnation {agent_status['incarnation']}, "
           f"restarts {agent_status['restarts']}, circuit {agent_status['circuit']}")
     ok = agent_status["restarts"] == args.kills and agent_status["circuit"] == "closed"
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"argv": sys.argv, "machine": c.machine_info(), "source": c.source_version(),
+                       "options": vars(args), "kills": s, "kill_s": totals,
+                       "phases": {name: c.summary(xs) for name, xs in phases.items()}, "floors": floor_stats,
+                       "probe_errors": probe_errors, "agent": {k: agent_status.get(k) for k in
+                                                               ("state", "incarnation", "restarts", "circuit")},
+                       "ok": ok}, f, indent=1)
     if not ok:
         print("UNEXPECTED: restarts != kills or circuit not closed")
     return 0 if ok else 1

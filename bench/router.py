@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import json
 import os
 import shutil
 import signal
@@ -210,6 +211,7 @@ def main() -> int:
     ap.add_argument("--duration", type=float, default=2.0, help="seconds of each throughput run (default 2)")
     ap.add_argument("--body-bytes", type=int, default=16, help="size of the echoed body (default 16)")
     ap.add_argument("--profile", default=str(c.BENCH_PROFILES / "echo.yaml"), help="profile with agent bench.echo")
+    ap.add_argument("--json", metavar="PATH", help="also write the medians to PATH as JSON (bench/peers.py reads it)")
     ap.add_argument("--serve", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve:
@@ -286,6 +288,17 @@ def main() -> int:
         per = [c.median([r[i] for r in cpu[name]]) for i in range(len(labels[name]))]
         print(f"  {name:<11} " + ", ".join(f"{lab} {v:.0f}" for lab, v in zip(labels[name], per))
               + f"  (total {sum(per):.0f} us on {os.cpu_count()} cores)")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"argv": sys.argv, "machine": c.machine_info(), "source": c.source_version(),
+                       "options": {k: v for k, v in vars(args).items() if k != "serve"},
+                       "paths": {name: {"p50_us": med(name, "p50") * 1e6, "p90_us": med(name, "p90") * 1e6,
+                                        "p99_us": med(name, "p99") * 1e6, "throughput": c.median(thr[name]),
+                                        "throughput_each": thr[name],
+                                        "cpu_per_reply_us": dict(zip(labels[name], [c.median([r[i] for r in cpu[name]])
+                                                                                    for i in range(len(labels[name]))]))}
+                                 for name in PATHS},
+                       "errors": errors}, f, indent=1)
     if any(errors.values()):
         print(f"\nerror replies: {errors}")
         return 1
