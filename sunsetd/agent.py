@@ -176,6 +176,10 @@ class AgentRuntime:
 
     # ---- used from handler threads
     def _post(self, frames: list[bytes]) -> None:
+        self._outbox().send_multipart(frames)
+
+    def _outbox(self) -> Any:
+        """This thread's PUSH to the inbox, made at its first use."""
         out = getattr(self.local, "out", None)
         if out is None:
             out = self.local.out = self.ctx.socket(self.zmq.PUSH)
@@ -183,7 +187,7 @@ class AgentRuntime:
             out.connect(self.inbox_addr)
             with self.busy_lock:
                 self.thread_sockets.append(out)
-        out.send_multipart(frames)
+        return out
 
     def call(self, to: str, op: str, body: Any, timeout: float, retry: bool) -> Any:
         deadline = getattr(self.local, "deadline", None)
@@ -352,6 +356,9 @@ class AgentRuntime:
                                 "secret": self.secret,
                                 "stamps": self.own_page is not None})  # else: heartbeat frames, please
         threading.Thread(target=self._run_setup, name="setup", daemon=True).start()
+        # the first handler thread and its socket are made while setup() runs, not for the first request
+        # (after a restart, the one that waited for it: about 0.5 ms of the restart)
+        self.pool.submit(self._outbox)
         last_heard = time.monotonic()
         silence_s = self.first_word_s  # until the daemon first speaks (or, with stamps, we are ready)
         next_beat = last_heard + self.beat_s
