@@ -539,13 +539,18 @@ def _options(argv: list[str], i: int, valued: dict[str, str], flags: dict[str, s
             continue
         name, eq, value = token.partition("=")
         if name in valued and name.startswith("--") and eq:
-            fields[valued[name]] = value
+            dest = valued[name]
             i += 1
         elif token in valued and i + 1 < len(argv) and not argv[i + 1].startswith("-"):
-            fields[valued[token]] = argv[i + 1]
+            dest, value = valued[token], argv[i + 1]
             i += 2
         else:
             return None
+        # each value as argparse checks it, when it is read: a bad one given again later is still refused
+        check = _NUMERIC.get(dest)
+        if check is not None and check(value) is None:
+            return None
+        fields[dest] = value
     return i
 
 
@@ -563,6 +568,10 @@ def _count_or_none(text: str) -> int | None:
     except ValueError:
         return None
     return value if 0 <= value < 1 << 31 else None
+
+
+_NUMERIC = {"timeout": _positive_or_none, "call_timeout": _positive_or_none, "lines": _count_or_none,
+            "incarnation": _count_or_none}
 
 
 def _oneshot_main(args: _Args) -> int | None:

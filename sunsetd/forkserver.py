@@ -42,7 +42,8 @@ EXIT_PARENT_GONE = 3  # a child whose daemon died before it could ask to die wit
 SETTINGS_REFUSED = "settings refused: "  # how a zygote's answer says the kernel refused a process setting
 MAX_REQUEST = 1 << 20
 SPARES = 2  # processes the zygote keeps forked ahead (see _serve)
-SPARE_AFTER_S = 0.05
+SPARE_AFTER_S = 0.05  # quiet this long (no request) before a spare is forked
+SPARE_RETRY_S = 1.0  # and this long after a spare could not be forked
 MAX_OUTSTANDING = 16  # fork requests sent and not answered; more wait in the daemon
 FIRST_ANSWER_S = 10.0  # the first answer waits for the zygote's imports
 ANSWER_S = 5.0
@@ -283,6 +284,8 @@ def _become_agent(request: dict, fds: list[int], base_env: dict) -> None:
     os.environ.clear()
     os.environ.update(base_env)
     if request.get("settings"):
+        # a uid or gid changed in the intermediate resets dumpable to fs.suid_dumpable: not dumpable again
+        keep_private()
         os.environ.update(ProcessSettings.from_wire(request["settings"]).environment())
     os.environ[LAUNCH_ENV] = request["launch"]
     if len(fds) == 4:  # the agent runtime maps its stamp pages and closes these
@@ -333,26 +336,56 @@ def _receive(sock: socket.socket) -> tuple[dict | None, list[int]]:
     return (json.loads(data) if data else None), list(fds)
 
 
-def _double_fork(child: Callable[[], None], settings: Any) -> str:
+def _double_fork(child: Callable[[], None], settings: Any, announce: Callable[[int], None] | None = None) -> str:
     """Fork an intermediate that applies `settings`, forks `child` and exits, so that the child is
-    reparented to the daemon (a subreaper). The child's pid, or "E" and why it could not be made."""
+    reparented to the daemon (a subreaper). The child's pid, or "E" and why it could not be made.
+    `announce(pid)` runs before the intermediate may exit: the daemon hears of a spare before it becomes
+    the daemon's child, so its orphan sweep can never meet one it does not know."""
     r, w = os.pipe()
-    middle = os.fork()
+    go_r, go_w = os.pipe() if announce is not None else (-1, -1)
+    try:
+        middle = os.fork()
+    except OSError as exc:
+        for fd in (r, w, go_r, go_w):
+            if fd >= 0:
+                os.close(fd)
+        return f"Efork failed: {exc.strerror or exc}"
     if middle == 0:  # the intermediate: fork the child, report its pid, exit so it is reparented
-        os.close(r)
-        if settings:  # the agent inherits them; a refusal is answered, not an agent death
+        try:
+            os.close(r)
+            if go_w >= 0:
+                os.close(go_w)  # the zygote's copy alone: its close is the go-ahead
+            if settings:  # the agent inherits them; a refusal is answered, not an agent death
+                try:
+                    procsettings.apply(ProcessSettings.from_wire(settings))
+                except OSError as exc:
+                    os.write(w, f"E{SETTINGS_REFUSED}{exc.strerror or exc}".encode()[:4000])
+                    os._exit(0)
+            pid = os.fork()
+            if pid == 0:
+                os.close(w)
+                if go_r >= 0:
+                    os.close(go_r)
+                child()
+            os.write(w, str(pid).encode())
+            if go_r >= 0:
+                os.read(go_r, 1)  # the zygote has announced it (or is gone: EOF)
+        except BaseException as exc:  # never run on as a second zygote
             try:
-                procsettings.apply(ProcessSettings.from_wire(settings))
-            except OSError as exc:
-                os.write(w, f"E{SETTINGS_REFUSED}{exc.strerror or exc}".encode()[:4000])
+                os.write(w, f"Efork failed: {exc}".encode()[:4000])
+            finally:
                 os._exit(0)
-        pid = os.fork()
-        if pid == 0:
-            os.close(w)
-            child()
-        os.write(w, str(pid).encode())
         os._exit(0)
     os.close(w)
+    if go_r >= 0:
+        os.close(go_r)
+        answer = os.read(r, 4096).decode(errors="replace")
+        if answer and not answer.startswith("E"):
+            announce(int(answer))
+        os.close(go_w)  # EOF: the intermediate may exit now
+        os.waitpid(middle, 0)
+        os.close(r)
+        return answer or "Efork failed"
     os.waitpid(middle, 0)  # once it is reaped, the child is the daemon's
     answer = os.read(r, 4096).decode(errors="replace")
     os.close(r)
@@ -378,25 +411,30 @@ def _serve(control: socket.socket, daemon_pid: int) -> None:
         send({"spare_gone": pid})
 
     asked = False  # spares only once the daemon has asked for a fork: then it is a subreaper (ours reach it)
+    spares_after = 0.0  # after a failed fork of a spare, none before this
     while True:
         idle = len(spares) >= SPARES or not asked
         # a spare is forked once no request came for SPARE_AFTER_S: not while the agent just started
         # (or the next of a burst) needs the CPU
-        readable, _, _ = select.select([control] + [sock for _, sock in spares], [], [],
-                                       None if idle else SPARE_AFTER_S)
+        wait = None if idle else max(SPARE_AFTER_S, spares_after - time.monotonic())
+        readable, _, _ = select.select([control] + [sock for _, sock in spares], [], [], wait)
         for pid, sock in [spare for spare in spares if spare[1] in readable]:  # a spare never writes: it died
             spares.remove((pid, sock))
             drop(pid, sock)
         if control not in readable:
             if not idle:  # nothing asked: fork a spare
-                ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+                try:
+                    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+                except OSError:
+                    spares_after = time.monotonic() + SPARE_RETRY_S
+                    continue
                 answer = _double_fork(lambda: _spare(theirs, daemon_pid, inherited() + [ours], base_env),
-                                      None)
+                                      None, announce=lambda pid: send({"spare": pid}))
                 theirs.close()
-                if answer.startswith("E"):
+                if answer.startswith("E"):  # out of processes for now: no spare, and no giving up
                     ours.close()
-                    return  # cannot fork at all: the daemon finds no answers and starts agents by exec
-                send({"spare": int(answer)})
+                    spares_after = time.monotonic() + SPARE_RETRY_S
+                    continue
                 spares.append((int(answer), ours))
             continue
         request, fds = _receive(control)

@@ -90,6 +90,7 @@ class _SnapshotCollector:
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True  # a stuck scraper must not keep the daemon from exiting
+    block_on_close = False  # nor its close(), which would otherwise join every handler thread
 
 
 class Metrics:
@@ -183,7 +184,10 @@ class Metrics:
                 request, client = server.get_request()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError:  # out of descriptors, or the peer went: the next connection may fare better
+            except OSError:  # out of descriptors: the connection stays queued, and the socket readable
+                fd = server.socket.fileno()
+                self._fds.unwatch(fd)  # level-triggered: watched, it would spin the loop; back in a second
+                self._fds.timers.call_later(1.0, lambda: self.server is server and self._fds.watch(fd, self._accept))
                 return
             request.setblocking(True)
             request.settimeout(HTTP_TIMEOUT_S)  # a scraper that never sends its request holds a thread this long

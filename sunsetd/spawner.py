@@ -874,6 +874,8 @@ class ForkSpawner(LocalSpawner):
     def _sweep(self) -> None:
         if self.server is not None and self.server.stuck():
             self.server.lose("no answer to a fork request within its timeout")
+        if self.server is not None:
+            self.server.on_readable()  # a spare announced is known before the children are listed
         super()._sweep()
 
     def close(self) -> None:

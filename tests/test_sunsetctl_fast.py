@@ -855,3 +855,10 @@ def test_a_daemon_with_no_room_for_clients_says_so_at_once(start_daemon, runtime
         3, "", f"sunsetctl: sunsetd on {d.runtime_dir} refused the connection: it has as many clients as it allows "
                "(--max-clients; its log says more)\n")
     assert took < 2, took
+
+
+def test_a_bad_value_given_again_later_is_still_refused_as_argparse_refuses_it():
+    # found by the property test above: `--timeout status --timeout=3 status` was taken, the later
+    # value overriding the bad one, where argparse checks each and refuses
+    assert cli.oneshot_args(["--timeout", "status", "--timeout=3", "status"]) is None
+    assert cli.oneshot_args(["--timeout", "3", "status"]).timeout == 3.0
